@@ -6,6 +6,8 @@ import typer
 
 import bitnet
 
+from . import convert, dummy, inspect
+
 app = typer.Typer(
     name="bitnet",
     help="Ternary (1.58-bit) LLMs on ordinary CPUs: convert, inspect, run and benchmark.",
@@ -34,6 +36,9 @@ def _root(
 
 
 # --- commands (one module each) ---------------------------------------------------------------
+app.command("convert")(convert.convert)
+app.command("inspect")(inspect.inspect)
+app.command("dummy")(dummy.dummy)
 
 
 def main() -> None:

@@ -1,0 +1,88 @@
+"""`bitnet convert`: a Hugging Face checkpoint (folder or repo id) → one GGUF file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bitnet.tools.convert import EMBEDDING_TYPES, OUTTYPES, ConvertPlan, convert_checkpoint
+
+from . import _output as out
+from ._errors import handle_errors
+
+
+def _source_name(src: str) -> str:
+    """'microsoft/bitnet-b1.58-2B-4T' or './models/x/' → the model's short name."""
+    local = Path(src)
+    if local.exists():
+        return local.resolve().name
+    return src.rstrip("/").split("/")[-1]
+
+
+def _print_plan(plan: ConvertPlan) -> None:
+    rows = [
+        (t.name, t.qtype.upper(), "×".join(str(d) for d in t.shape), t.nbytes) for t in plan.tensors
+    ]
+    rows.append(("total", "", f"{len(plan.tensors)} tensors", plan.tensor_bytes))
+    out.table(
+        ["tensor", "type", "shape", "bytes"],
+        rows,
+        title=f"{plan.source} → {plan.output} ({plan.arch}, {plan.layout})",
+    )
+    out.info(f"file size: {plan.file_size} bytes ({out.human_bytes(plan.file_size)}); dry run")
+
+
+@handle_errors
+def convert(
+    src: Annotated[str, typer.Argument(help="Checkpoint folder, or a Hugging Face repo id.")],
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="Output .gguf (default: <name>-<outtype>.gguf here)."),
+    ] = None,
+    outtype: Annotated[
+        str, typer.Option(help=f"Type of the ternary linears: {', '.join(OUTTYPES)}.")
+    ] = "i2_s",
+    embedding_type: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Type of token_embd: {', '.join(EMBEDDING_TYPES)} "
+            "(default f16; f32 with --outtype f32).",
+            show_default=False,
+        ),
+    ] = None,
+    revision: Annotated[str | None, typer.Option(help="Hub revision (for repo ids).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Print every tensor (type, shape, bytes); write nothing."),
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print plan/result as JSON.")] = False,
+) -> None:
+    """Convert a BitNet b1.58 checkpoint to GGUF (I2_S by default), streaming tensor by tensor."""
+    from bitnet.tools import hub
+
+    name = _source_name(src)
+    output = output or Path.cwd() / f"{name}-{outtype.lower()}.gguf"
+    with out.progress(f"fetching {src}") as cb:
+        folder = hub.resolve_source(src, revision=revision, progress=cb)
+    if dry_run:
+        plan = convert_checkpoint(folder, output, outtype, embedding_type, dry_run=True, name=name)
+        if json_out:
+            out.emit_json(plan.to_dict())
+        else:
+            _print_plan(plan)
+        return
+    with out.progress(f"converting to {output.name}") as cb:
+        result = convert_checkpoint(
+            folder, output, outtype, embedding_type, force=force, progress=cb, name=name
+        )
+    if json_out:
+        out.emit_json(result.to_dict())
+    else:
+        out.info(
+            f"wrote {result.path} ({out.human_bytes(result.bytes_written)}, "
+            f"{len(result.plan.tensors)} tensors, {result.seconds:.1f} s)"
+        )
+        out.info(f"next: bitnet inspect {result.path}")

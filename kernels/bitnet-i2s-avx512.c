@@ -1,0 +1,305 @@
+/*
+ * bitnet-i2s-avx512.c — I2_S × I8_S with AVX-512 VNNI (`vpdpbusd`), for Cascade Lake, Ice Lake,
+ * Zen 4 and later.
+ *
+ * Sources: shared/spec/bitnet-formats.md §2.1 (I2_S layout), §2.4–2.5 (I8_S, formula);
+ * shared/spec/fast-kernels.md §2 (unpack with shift+mask, offset trick, int32 accumulation,
+ * reuse of unpacked weights across tokens), §3 (register-blocked tiles), §4 (pitfalls).
+ *
+ * Unpacking one 32-byte block (128 weights) into two zmm of codes:
+ *   byte j of a block holds elements j, j+32, j+64, j+96 in bits 7:6, 5:4, 3:2, 1:0 (spec §2.1).
+ *   We broadcast the 32 bytes to both 256-bit halves of a zmm and extract a different 2-bit
+ *   field in each half: (7:6 | 5:4) then (3:2 | 1:0). The first zmm then holds the codes of
+ *   elements 0..63 in order, the second those of 64..127, lined up byte for byte with two
+ *   64-byte loads of the block's activations, so no activation shuffles are needed.
+ *   - shift+mask: `vpsrlvw` with per-half counts (6 | 4), (2 | 0), then `and 3` (the mask drops
+ *     the bits the 16-bit shift carries in from the neighbouring byte; fast-kernels §2 "Unpack");
+ *   - GFNI: one `vgf2p8affineqb` per zmm does both, with a bit-selection matrix per half.
+ *   GFNI saves 2 of the 6 vector instructions per row and block, which shows in the GEMV
+ *   (about +25% when the weights are in cache); it is picked at run time when present.
+ *
+ * Multiplying: `vpdpbusd(acc, codes_u8, acts_s8)` adds four u8×s8 products into each int32 lane.
+ *   |product| ≤ 2·128, so int32 never overflows for any k that fits in memory (fast-kernels §2
+ *   "Accumulator width"). raw = Σ code·q; the output formula subtracts Σq (offset trick).
+ *
+ * Loop structure (bitnet_i2s_mul_mat_avx512vnni):
+ *   for each band of ROW_BAND rows (their weights stay in L2 while every token group passes)
+ *     for each group of up to 8 tokens
+ *       for each chunk of blocks that fits ACT_BUF_BYTES (one chunk for k ≤ 4096 with 8 tokens)
+ *         copy the group's activations of the chunk into an aligned buffer [block][token][128]
+ *         run the tiles over the band's rows, adding into int32 partial sums
+ *       epilogue: y = (raw − Σq) / d · w_scale in float32, 16 (row, token) pairs per vector
+ *   Tiles: one token → 8 rows per tile (each activation load serves 8 rows; the weights stream
+ *   once, which is all decode needs: it is bandwidth-bound, fast-kernels §1); several tokens →
+ *   2 rows × up to 8 tokens (each block unpacked once for 8 tokens: fast-kernels §2 "Reuse
+ *   unpacked weights across tokens"; 16 accumulators + 4 code registers of the 32 zmm).
+ */
+#include "bitnet-i2s-internal.h"
+
+#ifdef BITNET_HAVE_X86
+
+#include <immintrin.h>
+#include <string.h>
+
+#define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+#define TARGET_GFNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,gfni")))
+#define INLINE static inline __attribute__((always_inline))
+
+/* GCC's partial-redundancy elimination duplicates every accumulator's loop phi (once as
+ * __m512i = 8 × int64, once as the 16 × int32 view vpdpbusd works on), which costs a register
+ * copy per accumulator per block and spills four of them: measured 205 → 260 GMAC/s in the GEMM
+ * tile without it. Both the tile body and its callers need the same setting to inline. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define BITNET_NO_TREE_PRE __attribute__((optimize("no-tree-pre")))
+#else
+#define BITNET_NO_TREE_PRE
+#endif
+
+#define ROW_BAND 256         /* rows per band (multiple of every tile height) */
+#define ACT_BUF_BYTES 32768  /* aligned activations: 8 tokens × 32 blocks, or 1 × 256 (in L1) */
+#define GEMM_T 8             /* tokens per GEMM tile */
+#define MAX_TILES (ROW_BAND / 2) /* tiles per band: at most ROW_BAND / 2 two-row tiles */
+
+/* ============================================================================================
+ * Horizontal reduction of up to 16 accumulators into one vector (lane i = Σ lanes of acc[i])
+ * ============================================================================================ */
+
+/* Within each 128-bit lane L: [Σa_L, Σb_L, Σc_L, Σd_L], where Σx_L is the sum of x's four int32
+ * in lane L. Two unpack+add rounds: a pairwise transpose-and-add. */
+TARGET INLINE __m512i sum4_in_lanes(__m512i a, __m512i b, __m512i c, __m512i d) {
+    const __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+    const __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
+    return _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
+}
+
+/* [x0+x1, x2+x3 | y0+y1, y2+y3] over 128-bit lanes (x_i = lane i of x). */
+TARGET INLINE __m512i add_lane_pairs(__m512i x, __m512i y) {
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(x, y, _MM_SHUFFLE(2, 0, 2, 0)),
+                            _mm512_shuffle_i32x4(x, y, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* out lane i = horizontal sum of v[i], for i < 16 (about 45 instructions for all 16, instead
+ * of 16 separate horizontal sums). */
+TARGET INLINE __m512i reduce16(const __m512i *v) {
+    const __m512i y0 = sum4_in_lanes(v[0], v[1], v[2], v[3]);
+    const __m512i y1 = sum4_in_lanes(v[4], v[5], v[6], v[7]);
+    const __m512i y2 = sum4_in_lanes(v[8], v[9], v[10], v[11]);
+    const __m512i y3 = sum4_in_lanes(v[12], v[13], v[14], v[15]);
+    /* lane j of the result = Σ over the four 128-bit lanes of y_j */
+    return add_lane_pairs(add_lane_pairs(y0, y1), add_lane_pairs(y2, y3));
+}
+
+/* ============================================================================================
+ * The micro-kernels, instantiated for both unpack methods (bitnet-i2s-avx512-tile.h)
+ * ============================================================================================ */
+
+typedef void (*tile_fn)(int64_t nb, const uint8_t *w, int64_t row_bytes, const int8_t *act,
+                        int32_t *raw, int accumulate);
+typedef struct {
+    tile_fn gemv[3];          /* one token: 8, 4, 1 rows */
+    tile_fn gemm[2][GEMM_T];  /* [rows − 1][tokens − 1], 1..2 rows × 1..8 tokens */
+} tile_set;
+
+/* shift+mask: low half shifted by 6 (bits 7:6 → group 0), high half by 4 (group 1); then 2 | 0 */
+#define UNPACK_SHIFT(wv, c01, c23)                                                              \
+    do {                                                                                        \
+        const __m512i m3_ = _mm512_set1_epi8(3);                                                \
+        const __m512i s01_ = _mm512_inserti64x4(_mm512_set1_epi16(6), _mm256_set1_epi16(4), 1); \
+        const __m512i s23_ = _mm512_inserti64x4(_mm512_set1_epi16(2), _mm256_set1_epi16(0), 1); \
+        (c01) = _mm512_and_si512(_mm512_srlv_epi16((wv), s01_), m3_);                           \
+        (c23) = _mm512_and_si512(_mm512_srlv_epi16((wv), s23_), m3_);                           \
+    } while (0)
+
+/* GFNI: result bit i of each byte = parity(matrix byte [7 − i] AND source byte). Selecting
+ * source bits 6 → 0 and 7 → 1 (matrix bytes 7 = 0x40, 6 = 0x80) extracts bits 7:6 as a code;
+ * likewise 0x10/0x20 for 5:4, 0x04/0x08 for 3:2 and 0x01/0x02 for 1:0. The matrix is per 64-bit
+ * lane, so each 256-bit half gets its own field. */
+#define GF_SEL_76 0x4080000000000000LL
+#define GF_SEL_54 0x1020000000000000LL
+#define GF_SEL_32 0x0408000000000000LL
+#define GF_SEL_10 0x0102000000000000LL
+#define UNPACK_GFNI(wv, c01, c23)                                                               \
+    do {                                                                                        \
+        const __m512i g01_ =                                                                    \
+            _mm512_inserti64x4(_mm512_set1_epi64(GF_SEL_76), _mm256_set1_epi64x(GF_SEL_54), 1); \
+        const __m512i g23_ =                                                                    \
+            _mm512_inserti64x4(_mm512_set1_epi64(GF_SEL_32), _mm256_set1_epi64x(GF_SEL_10), 1); \
+        (c01) = _mm512_gf2p8affine_epi64_epi8((wv), g01_, 0);                                   \
+        (c23) = _mm512_gf2p8affine_epi64_epi8((wv), g23_, 0);                                   \
+    } while (0)
+
+#define AVX512_SUFFIX shift
+#define AVX512_TARGET TARGET
+#define AVX512_UNPACK UNPACK_SHIFT
+#include "bitnet-i2s-avx512-tile.h"
+#undef AVX512_SUFFIX
+#undef AVX512_TARGET
+#undef AVX512_UNPACK
+
+#define AVX512_SUFFIX gfni
+#define AVX512_TARGET TARGET_GFNI
+#define AVX512_UNPACK UNPACK_GFNI
+#include "bitnet-i2s-avx512-tile.h"
+#undef AVX512_SUFFIX
+#undef AVX512_TARGET
+#undef AVX512_UNPACK
+
+/* ============================================================================================
+ * Epilogue: y = (float)(raw − Σq) / d · w_scale, vectorized over 16 (row, token) pairs
+ * ============================================================================================ */
+
+/* Per-token terms for a group of T tokens, laid out like the tile's lanes (lane r*T + t →
+ * token t = lane % T). */
+typedef struct {
+    int32_t act_sum[16];
+    float d[16];
+} token_terms;
+
+static void token_terms_init(token_terms *tt, const bitnet_block_i8s *a, int64_t nb, int T) {
+    int32_t s[GEMM_T];
+    float d[GEMM_T];
+    for (int t = 0; t < T; t++) {
+        s[t] = bitnet_token_sum(a + t * nb, nb);
+        d[t] = a[t * nb].d;
+    }
+    for (int i = 0; i < 16; i++) {
+        tt->act_sum[i] = s[i % T];
+        tt->d[i] = d[i % T];
+    }
+}
+
+TARGET INLINE void epilogue(const int32_t *raw, const token_terms *tt, float w_scale, int R, int T,
+                            float *y, int64_t y_stride) {
+    const __m512i v = _mm512_sub_epi32(_mm512_loadu_si512((const void *)raw),
+                                       _mm512_loadu_si512((const void *)tt->act_sum));
+    /* the same float32 operations, in the same order, as bitnet_i2s_output() */
+    __m512 f = _mm512_cvtepi32_ps(v);
+    f = _mm512_div_ps(f, _mm512_loadu_ps(tt->d));
+    f = _mm512_mul_ps(f, _mm512_set1_ps(w_scale));
+    float out[16];
+    _mm512_storeu_ps(out, f);
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) y[t * y_stride + r] = out[r * T + t];
+}
+
+/* ============================================================================================
+ * Driver
+ * ============================================================================================ */
+
+/* Rows of the next tile: one token → 8, then 4, then 1; several tokens → 2, then 1. */
+static inline int tile_rows(int T, int64_t rows_left) {
+    if (T == 1) return rows_left >= 8 ? 8 : rows_left >= 4 ? 4 : 1;
+    return rows_left >= 2 ? 2 : 1;
+}
+
+static inline tile_fn pick_tile(const tile_set *ts, int R, int T) {
+    if (T == 1) return ts->gemv[R == 8 ? 0 : R == 4 ? 1 : 2];
+    return ts->gemm[R - 1][T - 1];
+}
+
+/* Copy T tokens' blocks [b0, b0 + n) into buf as [block][token][128 int8]. */
+static void pack_acts(int8_t *buf, const bitnet_block_i8s *a, int64_t nb, int T, int64_t b0,
+                      int64_t n) {
+    for (int64_t b = 0; b < n; b++)
+        for (int t = 0; t < T; t++)
+            memcpy(buf + (b * T + t) * BITNET_QK_I2S, a[t * nb + b0 + b].qs, BITNET_QK_I2S);
+}
+
+TARGET static void mul_mat(const tile_set *ts, int64_t k, int64_t nr, int64_t nt,
+                           const uint8_t *w, float w_scale, const bitnet_block_i8s *a, float *y,
+                           int64_t y_stride) {
+    const int64_t nb = k / BITNET_QK_I2S;
+    const int64_t row_bytes = k / 4;
+    _Alignas(64) int8_t buf[ACT_BUF_BYTES];
+    _Alignas(64) int32_t raw[MAX_TILES][16]; /* partial sums of every tile of the band */
+    token_terms tt;
+
+    for (int64_t r0 = 0; r0 < nr; r0 += ROW_BAND) {
+        const int64_t band = nr - r0 < ROW_BAND ? nr - r0 : ROW_BAND;
+        for (int64_t t0 = 0; t0 < nt; t0 += GEMM_T) {
+            const int T = (int)(nt - t0 < GEMM_T ? nt - t0 : GEMM_T);
+            const bitnet_block_i8s *at = a + t0 * nb;
+            /* split the blocks into equal chunks that fit the buffer (usually one) */
+            const int64_t fit = ACT_BUF_BYTES / (T * BITNET_QK_I2S);
+            const int64_t nchunks = (nb + fit - 1) / fit;
+            const int64_t chunk = (nb + nchunks - 1) / nchunks;
+            for (int64_t b0 = 0; b0 < nb; b0 += chunk) {
+                const int64_t n = nb - b0 < chunk ? nb - b0 : chunk;
+                pack_acts(buf, at, nb, T, b0, n);
+                int64_t i = 0;
+                for (int64_t r = 0; r < band; i++) {
+                    const int R = tile_rows(T, band - r);
+                    pick_tile(ts, R, T)(n, w + (r0 + r) * row_bytes + b0 * 32, row_bytes, buf,
+                                        raw[i], b0 > 0);
+                    r += R;
+                }
+            }
+            token_terms_init(&tt, at, nb, T);
+            int64_t i = 0;
+            for (int64_t r = 0; r < band; i++) {
+                const int R = tile_rows(T, band - r);
+                epilogue(raw[i], &tt, w_scale, R, T, y + t0 * y_stride + r0 + r, y_stride);
+                r += R;
+            }
+        }
+    }
+}
+
+/* The "avx512vnni" path: GFNI unpacking when the CPU has it (fixed per CPU, so the benign race
+ * on first use only repeats the same query). */
+TARGET void bitnet_i2s_mul_mat_avx512vnni(int64_t k, int64_t nr, int64_t nt, const uint8_t *w,
+                                          float w_scale, const bitnet_block_i8s *a, float *y,
+                                          int64_t y_stride) {
+    static int has_gfni = -1;
+    if (has_gfni < 0) {
+        __builtin_cpu_init();
+        has_gfni = __builtin_cpu_supports("gfni") ? 1 : 0;
+    }
+    mul_mat(has_gfni ? &tiles_gfni : &tiles_shift, k, nr, nt, w, w_scale, a, y, y_stride);
+}
+
+/* The shift+mask variant on its own, so the tests can check it on CPUs that have GFNI. */
+TARGET void bitnet_i2s_mul_mat_avx512vnni_shift(int64_t k, int64_t nr, int64_t nt,
+                                                const uint8_t *w, float w_scale,
+                                                const bitnet_block_i8s *a, float *y,
+                                                int64_t y_stride) {
+    mul_mat(&tiles_shift, k, nr, nt, w, w_scale, a, y, y_stride);
+}
+
+/* ============================================================================================
+ * Activation quantization (ref: spec §2.4), 16 floats per step
+ * ============================================================================================ */
+
+TARGET void bitnet_quantize_row_i8s_avx512(const float *x, bitnet_block_i8s *y, int64_t k) {
+    const int64_t nb = k / BITNET_QK_I2S;
+
+    /* 1. max|x| (max is exact, so the order does not matter; NaN elements are skipped because
+     *    maxps returns its second operand when the first is NaN, like fmaxf in the scalar path) */
+    __m512 vmax = _mm512_setzero_ps();
+    for (int64_t i = 0; i < k; i += 16) vmax = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + i)), vmax);
+    const float amax = _mm512_reduce_max_ps(vmax);
+
+    /* 2. d = 127 / max(amax, 1e-5), clamp in double as in the scalar path */
+    const double m = (double)amax < 1e-5 ? 1e-5 : (double)amax;
+    const float d = (float)(127.0 / m);
+    const __m512 vd = _mm512_set1_ps(d);
+    const __m512 lo = _mm512_set1_ps(-128.0f), hi = _mm512_set1_ps(127.0f);
+
+    for (int64_t b = 0; b < nb; b++) {
+        const float *xb = x + b * BITNET_QK_I2S;
+        __m512i vsum = _mm512_setzero_si512();
+        for (int j = 0; j < BITNET_QK_I2S; j += 16) {
+            /* 3. x·d in float32, clamp (max(v, lo) maps NaN to lo like fmaxf), round half to
+             *    even with an explicit rounding mode (independent of MXCSR), narrow to int8 */
+            __m512 v = _mm512_mul_ps(_mm512_loadu_ps(xb + j), vd);
+            v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+            const __m512i q = _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            _mm_storeu_si128((__m128i *)(y[b].qs + j), _mm512_cvtsepi32_epi8(q));
+            vsum = _mm512_add_epi32(vsum, q);
+        }
+        y[b].d = d;
+        y[b].sum = _mm512_reduce_add_epi32(vsum);
+    }
+}
+
+#endif /* BITNET_HAVE_X86 */

@@ -1,0 +1,478 @@
+"""Llama-3-style byte-level BPE tokenizer files for made-up (dummy) checkpoints.
+
+BitNet b1.58 2B-4T ships a Llama-3 tokenizer: byte-level BPE (GPT-2 byte-to-unicode mapping),
+the Llama-3 pre-tokenizer regex, 128000 ranked tokens, 280147 merges and 256 special tokens
+(spec §4.1). This module writes HF ``tokenizer.json`` and ``tokenizer_config.json`` of that shape:
+
+* at vocab 128256, when the ``quicktok-v1`` package is installed, the real Llama-3 ranks it ships
+  are used (merges derived from the ranks), so a dummy 2B-4T has the real tokenizer;
+* otherwise 256 byte tokens plus merges learnt by a small deterministic BPE trainer from an
+  embedded English text, then the Llama-3 special tokens, padded with reserved specials up to the
+  requested vocabulary size.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import struct
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+#: The Llama-3 pre-tokenizer split pattern (HF `Split` pre-tokenizer, behaviour "Isolated").
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+    r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+#: The same pattern restricted to ASCII input (\p{L} = letters, \p{N} = digits), which Python's
+#: `re` can run; the training text is ASCII, so training splits exactly as the real pattern would.
+_ASCII_PATTERN = re.compile(
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\nA-Za-z0-9]?[A-Za-z]+|[0-9]{1,3}|"
+    r" ?[^\sA-Za-z0-9]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+BOS_TOKEN = "<|begin_of_text|>"
+EOS_TOKEN = "<|end_of_text|>"
+EOT_TOKEN = "<|eot_id|>"
+
+#: The first ten Llama-3 special tokens, in id order; the rest are reserved_special_token_5, ...
+_NAMED_SPECIALS = [
+    BOS_TOKEN,
+    EOS_TOKEN,
+    "<|reserved_special_token_0|>",
+    "<|reserved_special_token_1|>",
+    "<|reserved_special_token_2|>",
+    "<|reserved_special_token_3|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|reserved_special_token_4|>",
+    EOT_TOKEN,
+]
+MIN_SPECIALS = len(_NAMED_SPECIALS)
+LLAMA3_VOCAB_SIZE = 128256
+
+#: BitNet b1.58 2B-4T's chat format: role-prefixed plain text, each turn closed by <|eot_id|>,
+#: BOS once at the start (spec §4.1). Plain Jinja that llama.cpp's `--jinja` engine can run.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first %}{{ bos_token }}{% endif %}"
+    "{% if message['role'] == 'system' %}{{ 'System: ' }}"
+    "{% elif message['role'] == 'user' %}{{ 'User: ' }}"
+    "{% elif message['role'] == 'assistant' %}{{ 'Assistant: ' }}"
+    "{% else %}{{ message['role'] + ': ' }}{% endif %}"
+    "{{ message['content'] | trim }}{{ '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
+)
+
+# Training text for the small tokenizer (ASCII, written for this project).
+_CORPUS = """\
+A ternary language model stores every weight of its linear layers as one of three values: minus
+one, zero or plus one. Each layer keeps a single scale, so the model needs a little more than one
+and a half bits per weight instead of sixteen. The idea is simple, and the consequences are large.
+Matrix multiplication becomes addition and subtraction, the memory traffic shrinks by a factor of
+ten, and a laptop can run a model that would otherwise need a server.
+
+The model is trained with the ternary weights in the loop. During the forward pass the latent
+weights are scaled by their mean absolute value, rounded to the nearest integer and clipped to the
+range from minus one to one. The activations of every token are quantized to eight bits with a
+scale of one hundred and twenty seven over their largest absolute value. The backward pass sees
+the latent weights, which is why the training is stable.
+
+To run such a model on an ordinary processor we first convert the checkpoint. The converter reads
+the tensors one at a time, packs four ternary codes into every byte, and writes a single file that
+holds the weights, the vocabulary, the chat template and the settings of the architecture. Then a
+patched inference engine loads the file and multiplies the packed weights with the quantized
+activations. The kernels use the vector instructions of the processor when they are available and
+a portable scalar path when they are not, and every path must give the same answer.
+
+How fast is it? That depends on the memory bandwidth of the machine, the number of threads and the
+length of the prompt. We measure the prompt processing speed and the generation speed separately,
+repeat every measurement several times, and report the median together with the spread. We also
+report the energy per token when the machine can measure it, and we say clearly when it cannot.
+
+The first thing to check is that the converted model gives the same tokens as the reference. We
+keep a small reference implementation written with arrays only, feed it the same prompt, and
+compare the logits of every position. The differences must stay within a stated tolerance, and the
+greedy tokens must match exactly. Only then do we look at the speed.
+
+Here is a short conversation that a user might have with the assistant.
+User: What is the capital of France?
+Assistant: The capital of France is Paris.
+User: And how many people live there?
+Assistant: About two million people live in the city itself, and more than ten million in the
+larger region around it.
+User: Thank you. Can you write a short poem about the sea?
+Assistant: The sea is wide, the sea is deep, it sings the sailors off to sleep; it keeps the
+secrets of the shore, and tells them once, and then no more.
+
+Numbers appear too: 1, 2, 3, 10, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096 and 2560 are common
+sizes, and 3.14159 is the ratio of a circle to its diameter. In 2024 and 2025 many small models were
+released; some of them had 125 million parameters, others 2 billion, 7 billion or 70 billion.
+The quick brown fox jumps over the lazy dog. She sells sea shells by the sea shore. It's a model,
+they're fast, we've seen it, I'm sure you'll like it, and he'd agree.
+"""
+
+
+# --- byte-level mapping -------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def byte_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map used by byte-level BPE.
+
+    Printable Latin-1 bytes map to themselves; the other 68 bytes map to U+0100, U+0101, ...
+    in byte order (so a space becomes 'Ġ' and a newline 'Ċ').
+    """
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
+    mapping = {b: chr(b) for b in keep}
+    extra = 0
+    for b in range(256):
+        if b not in mapping:
+            mapping[b] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+def _byte_order() -> list[int]:
+    """Byte values in GPT-2 / Llama-3 id order: printable bytes first, then the rest."""
+    m = byte_to_unicode()
+    return sorted(range(256), key=lambda b: ord(m[b]))
+
+
+def to_byte_level(data: bytes) -> str:
+    m = byte_to_unicode()
+    return "".join(m[b] for b in data)
+
+
+# --- a tiny deterministic BPE trainer -----------------------------------------------------------
+
+
+def train_bpe(text: str, n_merges: int) -> list[tuple[str, str]]:
+    """Learn up to `n_merges` byte-level BPE merges from ASCII `text`.
+
+    Classic BPE: count adjacent symbol pairs inside each pre-token (weighted by how often the
+    pre-token occurs), merge the most frequent pair, repeat. Ties go to the lexicographically
+    smallest pair so the result is deterministic; training stops early when no pair occurs twice.
+    """
+    if not text.isascii():
+        raise UsageError("train_bpe: the training text must be ASCII.")
+    words = Counter(to_byte_level(w.encode()) for w in _ASCII_PATTERN.findall(text))
+    seqs: dict[tuple[str, ...], int] = {tuple(w): c for w, c in words.items()}
+    merges: list[tuple[str, str]] = []
+    while len(merges) < n_merges:
+        pairs: Counter[tuple[str, str]] = Counter()
+        for seq, count in seqs.items():
+            for pair in zip(seq, seq[1:], strict=False):
+                pairs[pair] += count
+        if not pairs:
+            break
+        best_count = max(pairs.values())
+        if best_count < 2:
+            break
+        best = min(p for p, c in pairs.items() if c == best_count)
+        merges.append(best)
+        joined = best[0] + best[1]
+        new: dict[tuple[str, ...], int] = {}
+        for seq, count in seqs.items():
+            out: list[str] = []
+            i = 0
+            while i < len(seq):
+                if i + 1 < len(seq) and (seq[i], seq[i + 1]) == best:
+                    out.append(joined)
+                    i += 2
+                else:
+                    out.append(seq[i])
+                    i += 1
+            key = tuple(out)
+            new[key] = new.get(key, 0) + count
+        seqs = new
+    return merges
+
+
+# --- Llama-3 ranks from quicktok ----------------------------------------------------------------
+
+
+def _quicktok_data_dir() -> Path | None:
+    try:
+        spec = importlib.util.find_spec("quicktok")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        d = Path(loc) / "data"
+        if (d / "llama3.vocab").is_file() and (d / "llama3.special").is_file():
+            return d
+    return None
+
+
+@lru_cache(maxsize=1)
+def llama3_ranks() -> tuple[list[bytes], list[str]] | None:
+    """(token bytes by rank, special tokens in id order) of Llama-3, if quicktok-v1 ships them.
+
+    quicktok's data files: ``llama3.vocab`` = u32 count, then per token u16 length, the bytes
+    and a u32 rank; ``llama3.special`` = u32 count, then per token u32 id, u16 length, UTF-8.
+    Returns None when the package is absent or its files are not what we expect.
+    """
+    d = _quicktok_data_dir()
+    if d is None:
+        return None
+    try:
+        raw = (d / "llama3.vocab").read_bytes()
+        (n,) = struct.unpack_from("<I", raw, 0)
+        pos, by_rank = 4, [b""] * n
+        for _ in range(n):
+            (length,) = struct.unpack_from("<H", raw, pos)
+            tok = raw[pos + 2 : pos + 2 + length]
+            (rank,) = struct.unpack_from("<I", raw, pos + 2 + length)
+            by_rank[rank] = tok
+            pos += 6 + length
+        raw = (d / "llama3.special").read_bytes()
+        (m,) = struct.unpack_from("<I", raw, 0)
+        pos, specials = 4, []
+        for _ in range(m):
+            tid, length = struct.unpack_from("<IH", raw, pos)
+            specials.append((tid, raw[pos + 6 : pos + 6 + length].decode("utf-8")))
+            pos += 6 + length
+    except (OSError, struct.error, IndexError, UnicodeDecodeError):
+        return None
+    specials.sort()
+    ok = (
+        n == 128000
+        and all(by_rank)
+        and len(specials) == LLAMA3_VOCAB_SIZE - n
+        and [t for t, _ in specials] == list(range(n, LLAMA3_VOCAB_SIZE))
+        and [s for _, s in specials[:MIN_SPECIALS]] == _NAMED_SPECIALS
+    )
+    return (by_rank, [s for _, s in specials]) if ok else None
+
+
+def merges_from_ranks(by_rank: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """Derive HF BPE merges from tiktoken-style ranks.
+
+    Every split of a token into two smaller tokens is a merge producing it; merges are ordered by
+    the rank of the token they produce, then by the ranks of the two parts. For Llama-3 this
+    yields exactly the 280147 merges of the published tokenizer.json.
+    """
+    rank = {tok: r for r, tok in enumerate(by_rank)}
+    merges: list[tuple[bytes, bytes]] = []
+    for tok in by_rank:  # already in rank order
+        if len(tok) < 2:
+            continue
+        splits = [
+            (rank[tok[:i]], rank[tok[i:]], tok[:i], tok[i:])
+            for i in range(1, len(tok))
+            if tok[:i] in rank and tok[i:] in rank
+        ]
+        splits.sort()
+        merges.extend((left, right) for _, _, left, right in splits)
+    return merges
+
+
+# --- the tokenizer ------------------------------------------------------------------------------
+
+
+@dataclass
+class BPETokenizer:
+    """A byte-level BPE vocabulary: regular tokens (ids 0..), then special tokens."""
+
+    tokens: list[str]  # byte-level strings, id order
+    merges: list[tuple[str, str]]
+    specials: list[str]  # ids len(tokens) ..
+    source: str  # "llama3 ranks (quicktok)" or "trained on embedded text"
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokens) + len(self.specials)
+
+    def special_id(self, content: str) -> int:
+        return len(self.tokens) + self.specials.index(content)
+
+    @property
+    def bos_id(self) -> int:
+        return self.special_id(BOS_TOKEN)
+
+    @property
+    def eos_id(self) -> int:
+        return self.special_id(EOS_TOKEN)
+
+    @property
+    def eot_id(self) -> int:
+        return self.special_id(EOT_TOKEN)
+
+
+def _special_names(n: int) -> list[str]:
+    extra = [f"<|reserved_special_token_{i}|>" for i in range(5, 5 + n - MIN_SPECIALS)]
+    return _NAMED_SPECIALS + extra
+
+
+#: The trainer stops at this many merges; larger vocabularies are padded with reserved specials.
+MAX_TRAINED_MERGES = 1024
+
+
+def build_tokenizer(vocab_size: int, *, use_llama3: bool = True) -> BPETokenizer:
+    """A tokenizer with exactly `vocab_size` ids (the module docstring says where it comes from)."""
+    if vocab_size < 256 + MIN_SPECIALS:
+        raise UsageError(
+            f"vocab size {vocab_size} is too small: a byte-level tokenizer needs at least "
+            f"{256 + MIN_SPECIALS} ids (256 bytes + {MIN_SPECIALS} special tokens)."
+        )
+    if use_llama3 and vocab_size == LLAMA3_VOCAB_SIZE:
+        real = llama3_ranks()
+        if real is not None:
+            by_rank, specials = real
+            merges = [(to_byte_level(a), to_byte_level(b)) for a, b in merges_from_ranks(by_rank)]
+            return BPETokenizer(
+                [to_byte_level(t) for t in by_rank], merges, specials, "llama3 ranks (quicktok)"
+            )
+    wanted = min(vocab_size - 256 - MIN_SPECIALS, MAX_TRAINED_MERGES)
+    merges = _trained_merges(wanted)
+    m = byte_to_unicode()
+    tokens = [m[b] for b in _byte_order()] + [a + b for a, b in merges]
+    specials = _special_names(vocab_size - len(tokens))
+    return BPETokenizer(tokens, merges, specials, "trained on embedded text")
+
+
+@lru_cache(maxsize=8)
+def _trained_merges_cached(n: int) -> tuple[tuple[str, str], ...]:
+    return tuple(train_bpe(_CORPUS, n))
+
+
+def _trained_merges(n: int) -> list[tuple[str, str]]:
+    # Training is greedy, so the first k merges of a longer run equal a run of k: reuse it.
+    return list(_trained_merges_cached(MAX_TRAINED_MERGES)[:n])
+
+
+# --- HF files -----------------------------------------------------------------------------------
+
+
+def _added_token(tid: int, content: str) -> dict[str, Any]:
+    return {
+        "id": tid,
+        "content": content,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": False,
+        "special": True,
+    }
+
+
+def tokenizer_json(tok: BPETokenizer) -> dict[str, Any]:
+    """The HF `tokenizers` document (Llama-3 layout)."""
+    n = len(tok.tokens)
+    bos = {"id": BOS_TOKEN, "ids": [tok.bos_id], "tokens": [BOS_TOKEN]}
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [_added_token(n + i, s) for i, s in enumerate(tok.specials)],
+        "normalizer": None,
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {
+                    "type": "Split",
+                    "pattern": {"Regex": LLAMA3_PATTERN},
+                    "behavior": "Isolated",
+                    "invert": False,
+                },
+                {
+                    "type": "ByteLevel",
+                    "add_prefix_space": False,
+                    "trim_offsets": True,
+                    "use_regex": False,
+                },
+            ],
+        },
+        "post_processor": {
+            "type": "Sequence",
+            "processors": [
+                {
+                    "type": "ByteLevel",
+                    "add_prefix_space": True,
+                    "trim_offsets": False,
+                    "use_regex": True,
+                },
+                {
+                    "type": "TemplateProcessing",
+                    "single": [
+                        {"SpecialToken": {"id": BOS_TOKEN, "type_id": 0}},
+                        {"Sequence": {"id": "A", "type_id": 0}},
+                    ],
+                    "pair": [
+                        {"SpecialToken": {"id": BOS_TOKEN, "type_id": 0}},
+                        {"Sequence": {"id": "A", "type_id": 0}},
+                        {"SpecialToken": {"id": BOS_TOKEN, "type_id": 1}},
+                        {"Sequence": {"id": "B", "type_id": 1}},
+                    ],
+                    "special_tokens": {BOS_TOKEN: bos},
+                },
+            ],
+        },
+        "decoder": {
+            "type": "ByteLevel",
+            "add_prefix_space": True,
+            "trim_offsets": True,
+            "use_regex": True,
+        },
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": True,
+            "vocab": {t: i for i, t in enumerate(tok.tokens)},
+            # "a b" strings, the form of Meta's published file (byte-level tokens hold no space).
+            "merges": [f"{a} {b}" for a, b in tok.merges],
+        },
+    }
+
+
+def tokenizer_config_json(tok: BPETokenizer, model_max_length: int) -> dict[str, Any]:
+    n = len(tok.tokens)
+    decoder = {}
+    for i, s in enumerate(tok.specials):
+        entry = _added_token(n + i, s)
+        del entry["id"]
+        decoder[str(n + i)] = entry
+    return {
+        "added_tokens_decoder": decoder,
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "bos_token": BOS_TOKEN,
+        "eos_token": EOS_TOKEN,
+        "chat_template": CHAT_TEMPLATE,
+        "clean_up_tokenization_spaces": True,
+        "model_input_names": ["input_ids", "attention_mask"],
+        "model_max_length": model_max_length,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }
+
+
+def write_tokenizer_files(folder: Path, tok: BPETokenizer, model_max_length: int) -> list[Path]:
+    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `folder`."""
+    folder = Path(folder)
+    docs = {
+        "tokenizer.json": tokenizer_json(tok),
+        "tokenizer_config.json": tokenizer_config_json(tok, model_max_length),
+        "special_tokens_map.json": {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN},
+    }
+    written = []
+    for name, doc in docs.items():
+        path = folder / name
+        indent = None if name == "tokenizer.json" and tok.vocab_size > 4096 else 2
+        path.write_text(json.dumps(doc, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
+        written.append(path)
+    return written

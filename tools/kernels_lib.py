@@ -1,0 +1,227 @@
+"""Build and load the I2_S C kernels (`kernels/*.c`) as a small shared library, through ctypes.
+
+The same sources are compiled into llama.cpp by the patch series; this standalone build exists so
+that tests and benchmarks can call every kernel path directly:
+
+    from bitnet.tools import kernels_lib
+    lib = kernels_lib.load()                     # compiles once into the cache, then reuses it
+    acts = lib.quantize_rows(x)                  # (nt, k) float32 -> (nt, k/128) I8_S blocks
+    y = lib.mul_mat(w_bytes, w_scale, acts)      # (nr, k/4) uint8 I2_S codes -> (nt, nr) float32
+    with lib.use("scalar"): ...                  # force one path (see lib.available())
+
+The library lands in `~/.cache/bitnet/kernels-test/<hash>/libbitnetkernels.so` (the hash covers the
+sources, the compiler and its flags), built with `cc -O2 -shared -fPIC` and renamed into place only
+when complete, so concurrent test processes never see half a file.
+ref: kernels/bitnet-kernels.h (the C contract), shared/spec/bitnet-formats.md §2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from bitnet.tools.constants import QK_I2_S
+from bitnet.tools.errors import BuildError, ShapeError, ToolchainError, UsageError
+
+#: One I8_S activation block, laid out like `bitnet_block_i8s` (136 bytes, no padding).
+BLOCK_I8S = np.dtype([("qs", np.int8, (QK_I2_S,)), ("d", "<f4"), ("sum", "<i4")])
+#: Every path name the C library knows; `KernelLib.available()` says which run on this CPU.
+KERNEL_NAMES: tuple[str, ...] = (
+    "scalar",
+    "avx2",
+    "avx512vnni",
+    "avx512vnni-nogfni",  # test-only: the AVX-512 path without GFNI (Cascade Lake)
+    "neon",
+    "neon-dotprod",
+)
+#: Compiler flags of the test library (the SIMD paths carry their own target attributes).
+CFLAGS: tuple[str, ...] = ("-O2", "-std=c11", "-shared", "-fPIC")
+LIB_NAME = "libbitnetkernels.so"
+
+
+def kernels_dir() -> Path:
+    """The folder holding the C sources (`bitnet.kernels`, i.e. the repository's `kernels/`)."""
+    from bitnet import kernels
+
+    return Path(kernels.__file__).resolve().parent
+
+
+def sources() -> list[Path]:
+    """The C files compiled into the library (every `kernels/*.c`)."""
+    return sorted(kernels_dir().glob("*.c"))
+
+
+def cache_root() -> Path:
+    """`$XDG_CACHE_HOME/bitnet/kernels-test` (by default `~/.cache/bitnet/kernels-test`)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "bitnet" / "kernels-test"
+
+
+def _build_key(cc: str, cflags: Sequence[str]) -> str:
+    """Hash of everything the binary depends on: compiler, flags, and every .c/.h byte."""
+    h = hashlib.sha256()
+    h.update(f"{cc}\0{' '.join(cflags)}\0".encode())
+    for path in sorted(kernels_dir().glob("*.[ch]")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def build_library(
+    cc: str | None = None,
+    cflags: Sequence[str] = CFLAGS,
+    cache_dir: Path | None = None,
+    force: bool = False,
+) -> Path:
+    """Compile `kernels/*.c` into a shared library (once per source hash) and return its path.
+
+    `cc` defaults to `$CC`, then `cc`. Raises ToolchainError when the compiler is missing and
+    BuildError (with the compiler's last message) when compilation fails.
+    """
+    cc = cc or os.environ.get("CC") or "cc"
+    if shutil.which(cc) is None:
+        raise ToolchainError(
+            f"the C compiler {cc!r} was not found.",
+            hint="install one (apt-get install gcc) or point $CC at it",
+        )
+    out_dir = (cache_dir or cache_root()) / _build_key(cc, cflags)
+    lib = out_dir / LIB_NAME
+    if lib.exists() and not force:
+        return lib
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".{LIB_NAME}.{os.getpid()}.tmp"
+    cmd = [cc, *cflags, *map(str, sources()), "-o", str(tmp), "-lm"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+            last = lines[-1] if lines else f"exit code {proc.returncode}"
+            raise BuildError(
+                f"compiling the kernel test library failed: {last}",
+                hint=f"run `{' '.join(cmd)}` to see every message",
+            )
+        os.replace(tmp, lib)  # atomic: other processes see the old state or the whole file
+    finally:
+        tmp.unlink(missing_ok=True)
+    return lib
+
+
+def _c_ptr(a: np.ndarray) -> ctypes.c_void_p:
+    return ctypes.c_void_p(a.ctypes.data)
+
+
+class KernelLib:
+    """The loaded library with NumPy-friendly wrappers of `kernels/bitnet-kernels.h`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lib = ctypes.CDLL(str(self.path))
+        i64, vp = ctypes.c_int64, ctypes.c_void_p
+        self._lib.bitnet_quantize_row_i8s.argtypes = [vp, vp, i64]
+        self._lib.bitnet_quantize_row_i8s.restype = None
+        self._lib.bitnet_i2s_mul_mat.argtypes = [i64, i64, i64, vp, ctypes.c_float, vp, vp, i64]
+        self._lib.bitnet_i2s_mul_mat.restype = None
+        self._lib.bitnet_kernel_name.argtypes = []
+        self._lib.bitnet_kernel_name.restype = ctypes.c_char_p
+        self._lib.bitnet_set_kernel.argtypes = [ctypes.c_char_p]
+        self._lib.bitnet_set_kernel.restype = ctypes.c_int
+
+    # --- path selection ---------------------------------------------------------------------
+    def kernel_name(self) -> str:
+        """The path in use: "scalar", "avx2", "avx512vnni", "neon" or "neon-dotprod"."""
+        return self._lib.bitnet_kernel_name().decode()
+
+    def set_kernel(self, name: str | None) -> bool:
+        """Force a path (None or "auto": the best one); False if it cannot run here."""
+        return bool(self._lib.bitnet_set_kernel(None if name is None else name.encode()))
+
+    def available(self) -> list[str]:
+        """The paths this library has and this CPU can run (in KERNEL_NAMES order)."""
+        current = self.kernel_name()
+        names = [n for n in KERNEL_NAMES if self.set_kernel(n)]
+        self.set_kernel(current)
+        return names
+
+    @contextlib.contextmanager
+    def use(self, name: str) -> Iterator[None]:
+        """Run the block with path `name`; raises UsageError if it is unavailable here."""
+        previous = self.kernel_name()
+        if not self.set_kernel(name):
+            raise UsageError(
+                f"kernel path {name!r} is not available on this CPU or in this build.",
+                hint=f"choose one of {', '.join(self.available())}",
+            )
+        try:
+            yield
+        finally:
+            self.set_kernel(previous)
+
+    # --- the kernels ------------------------------------------------------------------------
+    def quantize_rows(self, x: np.ndarray) -> np.ndarray:
+        """Quantize each row of `x` (nt, k) to I8_S: BLOCK_I8S blocks of shape (nt, k/128)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim == 1:
+            x = x[None, :]
+        nt, k = x.shape
+        if k % QK_I2_S or k == 0:
+            raise ShapeError(f"activation rows have {k} elements, not a positive multiple of 128.")
+        out = np.zeros((nt, k // QK_I2_S), dtype=BLOCK_I8S)
+        row_bytes = (k // QK_I2_S) * BLOCK_I8S.itemsize
+        for t in range(nt):
+            self._lib.bitnet_quantize_row_i8s(
+                ctypes.c_void_p(x.ctypes.data + t * k * 4),
+                ctypes.c_void_p(out.ctypes.data + t * row_bytes),
+                k,
+            )
+        return out
+
+    def mul_mat(
+        self,
+        w: np.ndarray,
+        w_scale: float,
+        acts: np.ndarray,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """y[t, r] = (Σ code·q − Σq) / d_t · w_scale for I2_S rows `w` (nr, k/4) and `acts`.
+
+        `acts` is (nt, k/128) BLOCK_I8S (from `quantize_rows`). `out`, if given, is a float32
+        (nt, >= nr) array whose rows are written with stride out.shape[1] (tests the y_stride).
+        """
+        w = np.ascontiguousarray(w, dtype=np.uint8)
+        acts = np.ascontiguousarray(acts, dtype=BLOCK_I8S)
+        if w.ndim != 2 or acts.ndim != 2:
+            raise ShapeError("mul_mat needs w of shape (nr, k/4) and acts of shape (nt, k/128).")
+        nr, k = w.shape[0], w.shape[1] * 4
+        nt = acts.shape[0]
+        if k % QK_I2_S or acts.shape[1] * QK_I2_S != k:
+            raise ShapeError(f"weights have k = {k} but activations k = {acts.shape[1] * 128}.")
+        if out is None:
+            out = np.empty((nt, nr), dtype=np.float32)
+        if out.dtype != np.float32 or not out.flags.c_contiguous or out.shape[0] != nt:
+            raise ShapeError("out must be a C-contiguous float32 array of nt rows.")
+        if out.shape[1] < nr:
+            raise ShapeError(f"out rows hold {out.shape[1]} values, fewer than nr = {nr}.")
+        self._lib.bitnet_i2s_mul_mat(
+            k, nr, nt, _c_ptr(w), float(w_scale), _c_ptr(acts), _c_ptr(out), out.shape[1]
+        )
+        return out
+
+    def mul_mat_raw(
+        self, k: int, nr: int, nt: int, w: int, w_scale: float, acts: int, y: int, y_stride: int
+    ) -> None:
+        """The C call with raw addresses and no checks (benchmarks: no per-call overhead)."""
+        self._lib.bitnet_i2s_mul_mat(k, nr, nt, w, w_scale, acts, y, y_stride)
+
+
+@functools.cache
+def load(cc: str | None = None) -> KernelLib:
+    """Build (if needed) and load the kernel library; one instance per process and compiler."""
+    return KernelLib(build_library(cc))
