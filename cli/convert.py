@@ -65,8 +65,11 @@ def convert(
 
     name = _source_name(src)
     output = output or Path.cwd() / f"{name}-{outtype.lower()}.gguf"
-    with out.progress(f"fetching {src}") as cb:
-        folder = hub.resolve_source(src, revision=revision, progress=cb)
+    if Path(src).expanduser().exists():  # a local folder: nothing to fetch, no bar
+        folder = hub.resolve_source(src, revision=revision)
+    else:
+        with out.progress(f"downloading {src}") as cb:
+            folder = hub.resolve_source(src, revision=revision, progress=cb)
     if dry_run:
         plan = convert_checkpoint(folder, output, outtype, embedding_type, dry_run=True, name=name)
         if json_out:
