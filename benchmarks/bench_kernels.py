@@ -15,7 +15,9 @@ after --warmup untimed ones, with the best call and the spread (interquartile ra
 of the median). GB/s counts the weight bytes read (k/4 per row); GMAC/s counts nr·k·nt
 multiply-adds. Timings are wall-clock: on a busy machine, trust the best column more.
 With --threads N the rows are split into N contiguous parts, each run by its own thread through
-ctypes (which releases the GIL); the threads start together and are timed until the last ends.
+ctypes (which releases the GIL); each thread loops over its part of every repetition and the
+whole loop is timed. Python's per-call overhead (GIL hand-offs) is in those figures, which
+matters for the small GEMV shapes; llama.cpp's own threads have none of it.
 This is a benchmark, not a test: it asserts nothing about speed.
 """
 

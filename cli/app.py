@@ -6,7 +6,7 @@ import typer
 
 import bitnet
 
-from . import convert, dummy, inspect
+from . import convert, dummy, inspect, run
 
 app = typer.Typer(
     name="bitnet",
@@ -39,6 +39,7 @@ def _root(
 app.command("convert")(convert.convert)
 app.command("inspect")(inspect.inspect)
 app.command("dummy")(dummy.dummy)
+app.command("run")(run.run)
 
 
 def main() -> None:

@@ -15,8 +15,10 @@
  *   So no input can overflow, including all codes 2 with all activations −128 or 127.
  *   (The original kernel adds 32 blocks in int16 and can wrap: spec §2.5, fast-kernels §2.)
  *
- * Tiles: GEMV = 4 rows × 1 token (one activation load serves 4 rows); GEMM = 1 row × 4 tokens
- *   (each block is unpacked once for 4 tokens). 16 ymm registers limit both.
+ * Loop structure: bitnet_i2s_mul_mat_tiled (bitnet-i2s-tiled.c), with the activations copied to
+ *   an aligned buffer. Tiles: one token → rows read one after another (weights in memory order);
+ *   several tokens → 1 row × up to 4 tokens, each block unpacked once for 4 tokens (16 ymm
+ *   registers: 4 codes, 4 int16 and 4 int32 accumulators).
  */
 #include "bitnet-i2s-internal.h"
 
@@ -27,9 +29,9 @@
 #define TARGET __attribute__((target("avx2")))
 #define INLINE static inline __attribute__((always_inline))
 
-#define GROUP 8  /* blocks summed in int16 before widening (see header comment) */
-#define GEMV_R 4 /* rows per tile for one token */
-#define GEMM_T 4 /* tokens per tile for many tokens */
+#define GROUP 8            /* blocks summed in int16 before widening (see header comment) */
+#define GEMM_T 4           /* tokens per multi-token tile */
+#define GEMV_PREFETCH 2048 /* bytes ahead of the weight stream that the GEMV prefetches */
 
 /* ============================================================================================
  * Horizontal reduction of up to 8 accumulators (lane i = Σ lanes of acc[i])
@@ -51,77 +53,16 @@ TARGET INLINE __m256i reduce8(const __m256i *v) {
 }
 
 /* ============================================================================================
- * The micro-kernel: R rows × T tokens (R·T ≤ 4), raw[r*T + t] = Σ code·q
- * ============================================================================================ */
-
-TARGET INLINE void tile(const int R, const int T, int64_t nb, const uint8_t *w, int64_t row_bytes,
-                        const bitnet_block_i8s *a, int32_t *raw) {
-    const __m256i mask3 = _mm256_set1_epi8(3);
-    const __m256i ones16 = _mm256_set1_epi16(1);
-    __m256i acc[8];
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_si256();
-
-    for (int64_t b0 = 0; b0 < nb; b0 += GROUP) {
-        const int64_t b1 = nb - b0 < GROUP ? nb : b0 + GROUP;
-        __m256i acc16[4];
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; i++) acc16[i] = _mm256_setzero_si256();
-
-        for (int64_t b = b0; b < b1; b++) {
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++) {
-                /* 1. unpack: codes of elements 0..31, 32..63, 64..95, 96..127 */
-                const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + r * row_bytes + b * 32));
-                const __m256i c0 = _mm256_and_si256(_mm256_srli_epi16(wv, 6), mask3);
-                const __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(wv, 4), mask3);
-                const __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(wv, 2), mask3);
-                const __m256i c3 = _mm256_and_si256(wv, mask3);
-#pragma GCC unroll 4
-                for (int t = 0; t < T; t++) {
-                    /* 2. u8 codes × s8 activations → int16 pairs, four groups summed (≤ 2048) */
-                    const int8_t *q = a[t * nb + b].qs;
-                    const __m256i p0 = _mm256_maddubs_epi16(c0, _mm256_loadu_si256((const __m256i *)q));
-                    const __m256i p1 = _mm256_maddubs_epi16(c1, _mm256_loadu_si256((const __m256i *)(q + 32)));
-                    const __m256i p2 = _mm256_maddubs_epi16(c2, _mm256_loadu_si256((const __m256i *)(q + 64)));
-                    const __m256i p3 = _mm256_maddubs_epi16(c3, _mm256_loadu_si256((const __m256i *)(q + 96)));
-                    const __m256i p = _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));
-                    acc16[r * T + t] = _mm256_add_epi16(acc16[r * T + t], p);
-                }
-            }
-        }
-        /* 3. widen the group's int16 sums (≤ 16384) into the int32 accumulators */
-#pragma GCC unroll 4
-        for (int i = 0; i < R * T; i++)
-            acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(acc16[i], ones16));
-    }
-    _mm256_storeu_si256((__m256i *)raw, reduce8(acc));
-}
-
-/* ============================================================================================
  * Epilogue: y = (float)(raw − Σq) / d · w_scale for up to 8 (row, token) pairs
  * ============================================================================================ */
 
-typedef struct {
-    int32_t act_sum[8];
-    float d[8];
-} token_terms; /* lane i → token i % T; unused lanes get d = 1 */
-
-static void token_terms_init(token_terms *tt, const bitnet_block_i8s *a, int64_t nb, int T) {
-    for (int i = 0; i < 8; i++) {
-        const int t = i % T;
-        tt->act_sum[i] = i < T ? bitnet_token_sum(a + t * nb, nb) : tt->act_sum[t];
-        tt->d[i] = a[t * nb].d;
-    }
-}
-
-TARGET INLINE void epilogue(const int32_t *raw, const token_terms *tt, float w_scale, int R, int T,
-                            float *y, int64_t y_stride) {
+TARGET static void epilogue(const int32_t *raw, const int32_t *act_sum, const float *d,
+                            float w_scale, int R, int T, float *y, int64_t y_stride) {
     const __m256i v = _mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)raw),
-                                       _mm256_loadu_si256((const __m256i *)tt->act_sum));
+                                       _mm256_loadu_si256((const __m256i *)act_sum));
     /* same float32 operations, same order, as bitnet_i2s_output() */
     __m256 f = _mm256_cvtepi32_ps(v);
-    f = _mm256_div_ps(f, _mm256_loadu_ps(tt->d));
+    f = _mm256_div_ps(f, _mm256_loadu_ps(d));
     f = _mm256_mul_ps(f, _mm256_set1_ps(w_scale));
     float out[8];
     _mm256_storeu_ps(out, f);
@@ -129,51 +70,124 @@ TARGET INLINE void epilogue(const int32_t *raw, const token_terms *tt, float w_s
         for (int t = 0; t < T; t++) y[t * y_stride + r] = out[r * T + t];
 }
 
-#define TILE_FN(R_, T_)                                                                     \
-    TARGET static void tile_##R_##x##T_(int64_t nb, const uint8_t *w, int64_t row_bytes,    \
-                                        const bitnet_block_i8s *a, int32_t *raw) {          \
-        tile(R_, T_, nb, w, row_bytes, a, raw);                                             \
+/* ============================================================================================
+ * Micro-kernels (act: the token group's blocks, [block][T][128], 64-byte aligned)
+ * ============================================================================================ */
+
+/* The codes of one block, in element order: c[g] = codes of elements 32g .. 32g+31. */
+TARGET INLINE void unpack(const uint8_t *wb, __m256i c[4]) {
+    const __m256i mask3 = _mm256_set1_epi8(3);
+    const __m256i wv = _mm256_loadu_si256((const __m256i *)wb);
+    c[0] = _mm256_and_si256(_mm256_srli_epi16(wv, 6), mask3);
+    c[1] = _mm256_and_si256(_mm256_srli_epi16(wv, 4), mask3);
+    c[2] = _mm256_and_si256(_mm256_srli_epi16(wv, 2), mask3);
+    c[3] = _mm256_and_si256(wv, mask3);
+}
+
+/* Σ code·q of one block as int16 lanes (|lane| ≤ 4·512 = 2048). */
+TARGET INLINE __m256i block_dot16(const __m256i c[4], const int8_t *q) {
+    const __m256i p0 = _mm256_maddubs_epi16(c[0], _mm256_load_si256((const __m256i *)q));
+    const __m256i p1 = _mm256_maddubs_epi16(c[1], _mm256_load_si256((const __m256i *)(q + 32)));
+    const __m256i p2 = _mm256_maddubs_epi16(c[2], _mm256_load_si256((const __m256i *)(q + 64)));
+    const __m256i p3 = _mm256_maddubs_epi16(c[3], _mm256_load_si256((const __m256i *)(q + 96)));
+    return _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));
+}
+
+TARGET INLINE void store_raw(__m256i sums, int32_t *raw, int accumulate) {
+    if (accumulate) sums = _mm256_add_epi32(sums, _mm256_loadu_si256((const __m256i *)raw));
+    _mm256_storeu_si256((__m256i *)raw, sums);
+}
+
+/* One token: R rows one after another, so the weights are read in memory order (one long
+ * stream for the hardware prefetcher; see the AVX-512 GEMV). raw[r] (+)= Σ code·q of row r. */
+TARGET INLINE void gemv(const int R, int64_t nb, const uint8_t *w, int64_t row_bytes,
+                        const int8_t *act, int32_t *raw, int accumulate) {
+    const __m256i ones16 = _mm256_set1_epi16(1);
+    __m256i acc[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+        const uint8_t *wr = w + r * row_bytes;
+        for (int64_t b0 = 0; b0 < nb; b0 += GROUP) {
+            const int64_t b1 = nb - b0 < GROUP ? nb : b0 + GROUP;
+            __m256i acc16 = _mm256_setzero_si256(); /* ≤ GROUP · 2048 = 16384 */
+            for (int64_t b = b0; b < b1; b++) {
+                __m256i c[4];
+                if (b & 1) /* once per 64-byte line, 2 KB ahead (as in the AVX-512 GEMV) */
+                    _mm_prefetch((const char *)(wr + b * 32 + GEMV_PREFETCH), _MM_HINT_T0);
+                unpack(wr + b * 32, c);
+                acc16 = _mm256_add_epi16(acc16, block_dot16(c, act + b * BITNET_QK_I2S));
+            }
+            acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(acc16, ones16)); /* widen */
+        }
     }
-TILE_FN(4, 1)
-TILE_FN(1, 1)
+    store_raw(reduce8(acc), raw, accumulate);
+}
+
+/* Several tokens: R rows × T tokens (R·T ≤ 4), each block unpacked once for T tokens.
+ * raw[r*T + t] (+)= Σ code·q. */
+TARGET INLINE void tile(const int R, const int T, int64_t nb, const uint8_t *w, int64_t row_bytes,
+                        const int8_t *act, int32_t *raw, int accumulate) {
+    const __m256i ones16 = _mm256_set1_epi16(1);
+    __m256i acc[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_si256();
+
+    for (int64_t b0 = 0; b0 < nb; b0 += GROUP) {
+        const int64_t b1 = nb - b0 < GROUP ? nb : b0 + GROUP;
+        __m256i acc16[4]; /* each ≤ GROUP · 2048 = 16384 < 32767 */
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) acc16[i] = _mm256_setzero_si256();
+        for (int64_t b = b0; b < b1; b++) {
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                __m256i c[4];
+                unpack(w + r * row_bytes + b * 32, c); /* 1. unpack once … */
+#pragma GCC unroll 4
+                for (int t = 0; t < T; t++) /* 2. … use for every token */
+                    acc16[r * T + t] = _mm256_add_epi16(
+                        acc16[r * T + t], block_dot16(c, act + (b * T + t) * BITNET_QK_I2S));
+            }
+        }
+        /* 3. widen the group's int16 sums into the int32 accumulators */
+#pragma GCC unroll 4
+        for (int i = 0; i < R * T; i++)
+            acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(acc16[i], ones16));
+    }
+    store_raw(reduce8(acc), raw, accumulate);
+}
+
+#define GEMV_FN(R_)                                                                          \
+    TARGET static void gemv_##R_(int64_t nb, const uint8_t *w, int64_t row_bytes,             \
+                                 const int8_t *act, int32_t *raw, int accumulate) {           \
+        gemv(R_, nb, w, row_bytes, act, raw, accumulate);                                     \
+    }
+#define TILE_FN(R_, T_)                                                                      \
+    TARGET static void tile_##R_##x##T_(int64_t nb, const uint8_t *w, int64_t row_bytes,     \
+                                        const int8_t *act, int32_t *raw, int accumulate) {   \
+        tile(R_, T_, nb, w, row_bytes, act, raw, accumulate);                                \
+    }
+GEMV_FN(4)
+GEMV_FN(2)
+GEMV_FN(1)
 TILE_FN(1, 2)
 TILE_FN(1, 3)
 TILE_FN(1, 4)
 
-typedef void (*tile_fn)(int64_t, const uint8_t *, int64_t, const bitnet_block_i8s *, int32_t *);
-static const tile_fn GEMM_TILES[GEMM_T] = {tile_1x1, tile_1x2, tile_1x3, tile_1x4};
+static const bitnet_tiled_kernel kernel_avx2 = {
+    .max_tokens = GEMM_T,
+    .gemv_rows = {4, 2, 1},
+    .gemv = {gemv_4, gemv_2, gemv_1},
+    .gemm_rows = 1,
+    .gemm = {{gemv_1, tile_1x2, tile_1x3, tile_1x4}},
+    .epilogue = epilogue,
+};
 
 TARGET void bitnet_i2s_mul_mat_avx2(int64_t k, int64_t nr, int64_t nt, const uint8_t *w,
                                     float w_scale, const bitnet_block_i8s *a, float *y,
                                     int64_t y_stride) {
-    const int64_t nb = k / BITNET_QK_I2S;
-    const int64_t row_bytes = k / 4;
-    token_terms tt;
-    int32_t raw[8];
-
-    for (int64_t t0 = 0; t0 < nt; t0 += GEMM_T) {
-        const int T = (int)(nt - t0 < GEMM_T ? nt - t0 : GEMM_T);
-        const bitnet_block_i8s *at = a + t0 * nb;
-        float *yt = y + t0 * y_stride;
-        if (T == 1) { /* one token: 4 rows share each activation load */
-            token_terms_init(&tt, at, nb, 1);
-            int64_t r = 0;
-            for (; r + GEMV_R <= nr; r += GEMV_R) {
-                tile_4x1(nb, w + r * row_bytes, row_bytes, at, raw);
-                epilogue(raw, &tt, w_scale, GEMV_R, 1, yt + r, y_stride);
-            }
-            for (; r < nr; r++) {
-                tile_1x1(nb, w + r * row_bytes, row_bytes, at, raw);
-                epilogue(raw, &tt, w_scale, 1, 1, yt + r, y_stride);
-            }
-            continue;
-        }
-        token_terms_init(&tt, at, nb, T); /* several tokens: unpack each row once for T tokens */
-        for (int64_t r = 0; r < nr; r++) {
-            GEMM_TILES[T - 1](nb, w + r * row_bytes, row_bytes, at, raw);
-            epilogue(raw, &tt, w_scale, 1, T, yt + r, y_stride);
-        }
-    }
+    bitnet_i2s_mul_mat_tiled(&kernel_avx2, k, nr, nt, w, w_scale, a, y, y_stride);
 }
 
 /* ============================================================================================

@@ -22,15 +22,10 @@
  *   |product| ≤ 2·128, so int32 never overflows for any k that fits in memory (fast-kernels §2
  *   "Accumulator width"). raw = Σ code·q; the output formula subtracts Σq (offset trick).
  *
- * Loop structure (bitnet_i2s_mul_mat_avx512vnni):
- *   for each band of ROW_BAND rows (their weights stay in L2 while every token group passes)
- *     for each group of up to 8 tokens
- *       for each chunk of blocks that fits ACT_BUF_BYTES (one chunk for k ≤ 4096 with 8 tokens)
- *         copy the group's activations of the chunk into an aligned buffer [block][token][128]
- *         run the tiles over the band's rows, adding into int32 partial sums
- *       epilogue: y = (raw − Σq) / d · w_scale in float32, 16 (row, token) pairs per vector
- *   Tiles: one token → 8 rows per tile (each activation load serves 8 rows; the weights stream
- *   once, which is all decode needs: it is bandwidth-bound, fast-kernels §1); several tokens →
+ * Loop structure: bitnet_i2s_mul_mat_tiled (bitnet-i2s-tiled.c) walks bands of rows, groups of
+ *   up to 8 tokens and chunks of blocks, with the activations copied to an aligned buffer.
+ *   Tiles: one token → 8 rows per call, read one after another so the weights stream in memory
+ *   order (decode is bandwidth-bound, fast-kernels §1); several tokens →
  *   2 rows × up to 8 tokens (each block unpacked once for 8 tokens: fast-kernels §2 "Reuse
  *   unpacked weights across tokens"; 16 accumulators + 4 code registers of the 32 zmm).
  */
@@ -39,7 +34,6 @@
 #ifdef BITNET_HAVE_X86
 
 #include <immintrin.h>
-#include <string.h>
 
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 #define TARGET_GFNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,gfni")))
@@ -55,10 +49,8 @@
 #define BITNET_NO_TREE_PRE
 #endif
 
-#define ROW_BAND 256         /* rows per band (multiple of every tile height) */
-#define ACT_BUF_BYTES 32768  /* aligned activations: 8 tokens × 32 blocks, or 1 × 256 (in L1) */
-#define GEMM_T 8             /* tokens per GEMM tile */
-#define MAX_TILES (ROW_BAND / 2) /* tiles per band: at most ROW_BAND / 2 two-row tiles */
+#define GEMM_T 8           /* tokens per multi-token tile (2 rows × 8 tokens = 16 accumulators) */
+#define GEMV_PREFETCH 2048 /* bytes ahead of the weight stream that the GEMV prefetches */
 
 /* ============================================================================================
  * Horizontal reduction of up to 16 accumulators into one vector (lane i = Σ lanes of acc[i])
@@ -90,15 +82,26 @@ TARGET INLINE __m512i reduce16(const __m512i *v) {
 }
 
 /* ============================================================================================
- * The micro-kernels, instantiated for both unpack methods (bitnet-i2s-avx512-tile.h)
+ * Epilogue: y = (float)(raw − Σq) / d · w_scale, vectorized over 16 (row, token) pairs
  * ============================================================================================ */
 
-typedef void (*tile_fn)(int64_t nb, const uint8_t *w, int64_t row_bytes, const int8_t *act,
-                        int32_t *raw, int accumulate);
-typedef struct {
-    tile_fn gemv[3];          /* one token: 8, 4, 1 rows */
-    tile_fn gemm[2][GEMM_T];  /* [rows − 1][tokens − 1], 1..2 rows × 1..8 tokens */
-} tile_set;
+TARGET static void epilogue(const int32_t *raw, const int32_t *act_sum, const float *d,
+                            float w_scale, int R, int T, float *y, int64_t y_stride) {
+    const __m512i v = _mm512_sub_epi32(_mm512_loadu_si512((const void *)raw),
+                                       _mm512_loadu_si512((const void *)act_sum));
+    /* the same float32 operations, in the same order, as bitnet_i2s_output() */
+    __m512 f = _mm512_cvtepi32_ps(v);
+    f = _mm512_div_ps(f, _mm512_loadu_ps(d));
+    f = _mm512_mul_ps(f, _mm512_set1_ps(w_scale));
+    float out[16];
+    _mm512_storeu_ps(out, f);
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) y[t * y_stride + r] = out[r * T + t];
+}
+
+/* ============================================================================================
+ * The micro-kernels, instantiated for both unpack methods (bitnet-i2s-avx512-tile.h)
+ * ============================================================================================ */
 
 /* shift+mask: low half shifted by 6 (bits 7:6 → group 0), high half by 4 (group 1); then 2 | 0 */
 #define UNPACK_SHIFT(wv, c01, c23)                                                              \
@@ -148,102 +151,9 @@ typedef struct {
  * Epilogue: y = (float)(raw − Σq) / d · w_scale, vectorized over 16 (row, token) pairs
  * ============================================================================================ */
 
-/* Per-token terms for a group of T tokens, laid out like the tile's lanes (lane r*T + t →
- * token t = lane % T). */
-typedef struct {
-    int32_t act_sum[16];
-    float d[16];
-} token_terms;
-
-static void token_terms_init(token_terms *tt, const bitnet_block_i8s *a, int64_t nb, int T) {
-    int32_t s[GEMM_T];
-    float d[GEMM_T];
-    for (int t = 0; t < T; t++) {
-        s[t] = bitnet_token_sum(a + t * nb, nb);
-        d[t] = a[t * nb].d;
-    }
-    for (int i = 0; i < 16; i++) {
-        tt->act_sum[i] = s[i % T];
-        tt->d[i] = d[i % T];
-    }
-}
-
-TARGET INLINE void epilogue(const int32_t *raw, const token_terms *tt, float w_scale, int R, int T,
-                            float *y, int64_t y_stride) {
-    const __m512i v = _mm512_sub_epi32(_mm512_loadu_si512((const void *)raw),
-                                       _mm512_loadu_si512((const void *)tt->act_sum));
-    /* the same float32 operations, in the same order, as bitnet_i2s_output() */
-    __m512 f = _mm512_cvtepi32_ps(v);
-    f = _mm512_div_ps(f, _mm512_loadu_ps(tt->d));
-    f = _mm512_mul_ps(f, _mm512_set1_ps(w_scale));
-    float out[16];
-    _mm512_storeu_ps(out, f);
-    for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) y[t * y_stride + r] = out[r * T + t];
-}
-
 /* ============================================================================================
- * Driver
+ * The two instantiations (bitnet-i2s-avx512-tile.h) and the entry points
  * ============================================================================================ */
-
-/* Rows of the next tile: one token → 8, then 4, then 1; several tokens → 2, then 1. */
-static inline int tile_rows(int T, int64_t rows_left) {
-    if (T == 1) return rows_left >= 8 ? 8 : rows_left >= 4 ? 4 : 1;
-    return rows_left >= 2 ? 2 : 1;
-}
-
-static inline tile_fn pick_tile(const tile_set *ts, int R, int T) {
-    if (T == 1) return ts->gemv[R == 8 ? 0 : R == 4 ? 1 : 2];
-    return ts->gemm[R - 1][T - 1];
-}
-
-/* Copy T tokens' blocks [b0, b0 + n) into buf as [block][token][128 int8]. */
-static void pack_acts(int8_t *buf, const bitnet_block_i8s *a, int64_t nb, int T, int64_t b0,
-                      int64_t n) {
-    for (int64_t b = 0; b < n; b++)
-        for (int t = 0; t < T; t++)
-            memcpy(buf + (b * T + t) * BITNET_QK_I2S, a[t * nb + b0 + b].qs, BITNET_QK_I2S);
-}
-
-TARGET static void mul_mat(const tile_set *ts, int64_t k, int64_t nr, int64_t nt,
-                           const uint8_t *w, float w_scale, const bitnet_block_i8s *a, float *y,
-                           int64_t y_stride) {
-    const int64_t nb = k / BITNET_QK_I2S;
-    const int64_t row_bytes = k / 4;
-    _Alignas(64) int8_t buf[ACT_BUF_BYTES];
-    _Alignas(64) int32_t raw[MAX_TILES][16]; /* partial sums of every tile of the band */
-    token_terms tt;
-
-    for (int64_t r0 = 0; r0 < nr; r0 += ROW_BAND) {
-        const int64_t band = nr - r0 < ROW_BAND ? nr - r0 : ROW_BAND;
-        for (int64_t t0 = 0; t0 < nt; t0 += GEMM_T) {
-            const int T = (int)(nt - t0 < GEMM_T ? nt - t0 : GEMM_T);
-            const bitnet_block_i8s *at = a + t0 * nb;
-            /* split the blocks into equal chunks that fit the buffer (usually one) */
-            const int64_t fit = ACT_BUF_BYTES / (T * BITNET_QK_I2S);
-            const int64_t nchunks = (nb + fit - 1) / fit;
-            const int64_t chunk = (nb + nchunks - 1) / nchunks;
-            for (int64_t b0 = 0; b0 < nb; b0 += chunk) {
-                const int64_t n = nb - b0 < chunk ? nb - b0 : chunk;
-                pack_acts(buf, at, nb, T, b0, n);
-                int64_t i = 0;
-                for (int64_t r = 0; r < band; i++) {
-                    const int R = tile_rows(T, band - r);
-                    pick_tile(ts, R, T)(n, w + (r0 + r) * row_bytes + b0 * 32, row_bytes, buf,
-                                        raw[i], b0 > 0);
-                    r += R;
-                }
-            }
-            token_terms_init(&tt, at, nb, T);
-            int64_t i = 0;
-            for (int64_t r = 0; r < band; i++) {
-                const int R = tile_rows(T, band - r);
-                epilogue(raw[i], &tt, w_scale, R, T, y + t0 * y_stride + r0 + r, y_stride);
-                r += R;
-            }
-        }
-    }
-}
 
 /* The "avx512vnni" path: GFNI unpacking when the CPU has it (fixed per CPU, so the benign race
  * on first use only repeats the same query). */
@@ -251,11 +161,9 @@ TARGET void bitnet_i2s_mul_mat_avx512vnni(int64_t k, int64_t nr, int64_t nt, con
                                           float w_scale, const bitnet_block_i8s *a, float *y,
                                           int64_t y_stride) {
     static int has_gfni = -1;
-    if (has_gfni < 0) {
-        __builtin_cpu_init();
-        has_gfni = __builtin_cpu_supports("gfni") ? 1 : 0;
-    }
-    mul_mat(has_gfni ? &tiles_gfni : &tiles_shift, k, nr, nt, w, w_scale, a, y, y_stride);
+    if (has_gfni < 0) has_gfni = bitnet_cpuid7_ecx(8);
+    bitnet_i2s_mul_mat_tiled(has_gfni ? &kernel_gfni : &kernel_shift, k, nr, nt, w, w_scale, a, y,
+                             y_stride);
 }
 
 /* The shift+mask variant on its own, so the tests can check it on CPUs that have GFNI. */
@@ -263,7 +171,7 @@ TARGET void bitnet_i2s_mul_mat_avx512vnni_shift(int64_t k, int64_t nr, int64_t n
                                                 const uint8_t *w, float w_scale,
                                                 const bitnet_block_i8s *a, float *y,
                                                 int64_t y_stride) {
-    mul_mat(&tiles_shift, k, nr, nt, w, w_scale, a, y, y_stride);
+    bitnet_i2s_mul_mat_tiled(&kernel_shift, k, nr, nt, w, w_scale, a, y, y_stride);
 }
 
 /* ============================================================================================
@@ -276,7 +184,8 @@ TARGET void bitnet_quantize_row_i8s_avx512(const float *x, bitnet_block_i8s *y, 
     /* 1. max|x| (max is exact, so the order does not matter; NaN elements are skipped because
      *    maxps returns its second operand when the first is NaN, like fmaxf in the scalar path) */
     __m512 vmax = _mm512_setzero_ps();
-    for (int64_t i = 0; i < k; i += 16) vmax = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + i)), vmax);
+    for (int64_t i = 0; i < k; i += 16)
+        vmax = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + i)), vmax);
     const float amax = _mm512_reduce_max_ps(vmax);
 
     /* 2. d = 127 / max(amax, 1e-5), clamp in double as in the scalar path */
@@ -289,11 +198,12 @@ TARGET void bitnet_quantize_row_i8s_avx512(const float *x, bitnet_block_i8s *y, 
         const float *xb = x + b * BITNET_QK_I2S;
         __m512i vsum = _mm512_setzero_si512();
         for (int j = 0; j < BITNET_QK_I2S; j += 16) {
-            /* 3. x·d in float32, clamp (max(v, lo) maps NaN to lo like fmaxf), round half to
-             *    even with an explicit rounding mode (independent of MXCSR), narrow to int8 */
+            /* 3. x·d in float32, clamp (max(v, lo) maps NaN to lo like fmaxf), round with the
+             *    current mode (round half to even by default) exactly like rintf in the scalar
+             *    path, narrow to int8 (in range already, so the saturation never acts) */
             __m512 v = _mm512_mul_ps(_mm512_loadu_ps(xb + j), vd);
             v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
-            const __m512i q = _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            const __m512i q = _mm512_cvtps_epi32(v);
             _mm_storeu_si128((__m128i *)(y[b].qs + j), _mm512_cvtsepi32_epi8(q));
             vsum = _mm512_add_epi32(vsum, q);
         }

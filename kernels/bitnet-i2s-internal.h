@@ -3,7 +3,8 @@
  *
  * Each instruction-set path lives in its own file and is compiled with a per-function target
  * attribute, so the translation units need no special -m flags and one library runs everywhere;
- * bitnet-i2s.c picks a path at run time (ref: /tmp brief "C kernel contract", DESIGN.md).
+ * bitnet-i2s.c picks a path at run time (ref: shared/DESIGN.md "one binary"; the public contract
+ * is bitnet-kernels.h).
  */
 #ifndef BITNET_I2S_INTERNAL_H
 #define BITNET_I2S_INTERNAL_H
@@ -52,6 +53,9 @@ void bitnet_i2s_mul_mat_scalar(int64_t k, int64_t nr, int64_t nt, const uint8_t 
 void bitnet_quantize_row_i8s_scalar(const float *x, bitnet_block_i8s *y, int64_t k);
 
 #ifdef BITNET_HAVE_X86
+/* CPUID leaf 7 feature bits that __builtin_cpu_supports names only in recent compilers
+ * (ECX bit 8 = GFNI, bit 11 = AVX512_VNNI). */
+int bitnet_cpuid7_ecx(int bit);
 void bitnet_i2s_mul_mat_avx2(int64_t k, int64_t nr, int64_t nt, const uint8_t *w, float w_scale,
                              const bitnet_block_i8s *a, float *y, int64_t y_stride);
 void bitnet_quantize_row_i8s_avx2(const float *x, bitnet_block_i8s *y, int64_t k);
@@ -73,6 +77,43 @@ void bitnet_i2s_mul_mat_neon_dotprod(int64_t k, int64_t nr, int64_t nt, const ui
                                      int64_t y_stride);
 #endif
 #endif
+
+/* --- the tiled driver shared by the x86 paths (bitnet-i2s-tiled.c) --------------------------
+ * A path supplies micro-kernels ("tiles") and a vector epilogue; the driver walks the matrix:
+ *   for each band of BITNET_ROW_BAND rows (its weights stay in L2 while the token groups pass)
+ *     for each group of up to max_tokens tokens
+ *       for each chunk of blocks whose activations fit BITNET_ACT_BUF (usually one chunk)
+ *         copy the group's activations into an aligned buffer laid out [block][token][128]
+ *         (the I8_S blocks are 136 bytes apart, so most vector loads would straddle lines)
+ *         run the tiles over the band, adding into int32 partial sums
+ *       epilogue of every tile: y = (raw − Σq) / d · w_scale
+ * The buffer and the partial sums live on the stack: about 49 KB per call (fine for pthread and
+ * OpenMP workers, whose stacks are megabytes).
+ * ref: fast-kernels §2 "Reuse unpacked weights across tokens", §3 (tiles), §4 (tails). */
+#define BITNET_ROW_BAND 256  /* rows per band */
+#define BITNET_ACT_BUF 32768 /* bytes of the aligned activation buffer (in L1) */
+
+/* raw[r*T + t] (+)= Σ code·q over blocks [0, nb) for the tile's R rows × T tokens.
+ * w: the tile's row 0 at the chunk's first block (row r at w + r*row_bytes); act: the buffer,
+ * [block][T][128], 64-byte aligned; accumulate: add to raw instead of overwriting it. */
+typedef void (*bitnet_tile_fn)(int64_t nb, const uint8_t *w, int64_t row_bytes,
+                               const int8_t *act, int32_t *raw, int accumulate);
+/* y[t*y_stride + r] = (float)(raw[r*T+t] − act_sum[lane]) / d[lane] · w_scale for r < R, t < T;
+ * act_sum and d are laid out like raw (lane i → token i % T). */
+typedef void (*bitnet_epilogue_fn)(const int32_t *raw, const int32_t *act_sum, const float *d,
+                                   float w_scale, int R, int T, float *y, int64_t y_stride);
+typedef struct {
+    int max_tokens;             /* tokens per multi-token tile (≤ 8), R·T ≤ lanes */
+    int gemv_rows[3];           /* one-token tiles: rows, largest first, last = 1 */
+    bitnet_tile_fn gemv[3];     /* … and their functions */
+    int gemm_rows;              /* rows of the multi-token tiles (1 or 2) */
+    bitnet_tile_fn gemm[2][8];  /* [rows − 1][tokens − 1] for tokens ≥ 2 */
+    bitnet_epilogue_fn epilogue;
+} bitnet_tiled_kernel;
+
+void bitnet_i2s_mul_mat_tiled(const bitnet_tiled_kernel *kern, int64_t k, int64_t nr, int64_t nt,
+                              const uint8_t *w, float w_scale, const bitnet_block_i8s *a,
+                              float *y, int64_t y_stride);
 
 /* --- shared helpers ------------------------------------------------------------------------ */
 

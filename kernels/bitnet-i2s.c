@@ -12,6 +12,9 @@
 
 #include "bitnet-i2s-internal.h"
 
+#ifdef BITNET_HAVE_X86
+#include <cpuid.h>
+#endif
 #if defined(BITNET_HAVE_NEON) && defined(BITNET_HAVE_NEON_DOTPROD)
 #if defined(__linux__)
 #include <sys/auxv.h>
@@ -106,7 +109,14 @@ typedef struct {
 static int always(void) { return 1; }
 
 #ifdef BITNET_HAVE_X86
-/* __builtin_cpu_supports also checks that the OS saves the ymm/zmm state (XGETBV). */
+int bitnet_cpuid7_ecx(int bit) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (int)((c >> bit) & 1u);
+}
+
+/* __builtin_cpu_supports also checks that the OS saves the ymm/zmm state (XGETBV); VNNI is read
+ * from CPUID directly because older compilers do not know its name there. */
 static int cpu_avx2(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2");
@@ -114,7 +124,7 @@ static int cpu_avx2(void) {
 static int cpu_avx512vnni(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+           __builtin_cpu_supports("avx512vl") && bitnet_cpuid7_ecx(11);
 }
 #endif
 

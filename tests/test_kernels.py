@@ -9,14 +9,17 @@ paths are cross-compiled and run under qemu-user when those tools are installed.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bitnet.tools import kernels_lib, quants
+from bitnet.tools.constants import QK_I2_S
 from bitnet.tools.errors import BuildError, ShapeError, ToolchainError, UsageError
 
 QK = 128
@@ -309,6 +312,33 @@ def test_mul_mat_rejects_bad_shapes(lib: kernels_lib.KernelLib) -> None:
 
 
 # --- the library build ----------------------------------------------------------------------------
+
+
+def test_header_matches_python_constants() -> None:
+    header = (kernels_lib.kernels_dir() / "bitnet-kernels.h").read_text()
+    m = re.search(r"#define BITNET_QK_I2S (\d+)", header)
+    assert m and int(m.group(1)) == QK_I2_S
+    assert BLOCK.itemsize == 136 and "int8_t qs[128]; float d; int32_t sum;" in header
+
+
+@pytest.mark.slow
+def test_cmake_standalone_build(tmp_path: Path) -> None:
+    """kernels/CMakeLists.txt builds the same library; it loads and agrees with NumPy."""
+    cmake = shutil.which("cmake", path=str(Path(sys.executable).parent)) or shutil.which("cmake")
+    if cmake is None or shutil.which("cc") is None:
+        pytest.skip("cmake or cc not installed")
+    build = tmp_path / "build"
+    for cmd in (
+        [cmake, "-S", str(kernels_lib.kernels_dir()), "-B", str(build)],
+        [cmake, "--build", str(build)],
+    ):
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    lib = kernels_lib.KernelLib(next(build.glob("libbitnetkernels.*")))
+    rng = np.random.default_rng(2)
+    values = random_values(rng, 11, 2560)
+    acts = ref_quantize(random_acts(rng, 3, 2560))
+    assert_bits_equal(lib.mul_mat(pack(values), 0.5, acts), ref_mul_mat(values, 0.5, acts))
 
 
 def test_build_reports_missing_compiler(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Build and load the I2_S C kernels (`kernels/*.c`) as a small shared library, through ctypes.
+"""Build and load the I2_S C kernels (`kernels/bitnet-*.c`) as a shared library, through ctypes.
 
 The same sources are compiled into llama.cpp by the patch series; this standalone build exists so
 that tests and benchmarks can call every kernel path directly:
@@ -56,8 +56,8 @@ def kernels_dir() -> Path:
 
 
 def sources() -> list[Path]:
-    """The C files compiled into the library (every `kernels/*.c`)."""
-    return sorted(kernels_dir().glob("*.c"))
+    """The C files compiled into the library: `kernels/bitnet-*.c` (what llama.cpp gets too)."""
+    return sorted(kernels_dir().glob("bitnet-*.c"))
 
 
 def cache_root() -> Path:
@@ -70,7 +70,7 @@ def _build_key(cc: str, cflags: Sequence[str]) -> str:
     """Hash of everything the binary depends on: compiler, flags, and every .c/.h byte."""
     h = hashlib.sha256()
     h.update(f"{cc}\0{' '.join(cflags)}\0".encode())
-    for path in sorted(kernels_dir().glob("*.[ch]")):
+    for path in sorted(kernels_dir().glob("bitnet-*.[ch]")):
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
@@ -81,7 +81,7 @@ def build_library(
     cache_dir: Path | None = None,
     force: bool = False,
 ) -> Path:
-    """Compile `kernels/*.c` into a shared library (once per source hash) and return its path.
+    """Compile `kernels/bitnet-*.c` into a shared library (once per source hash); return its path.
 
     `cc` defaults to `$CC`, then `cc`. Raises ToolchainError when the compiler is missing and
     BuildError (with the compiler's last message) when compilation fails.

@@ -2,11 +2,12 @@
 // that compare the patched llama.cpp against bitnet's NumPy reference.
 //
 //   llama-bitnet-logits -m model.gguf (-p "text" | --ids 1,2,3) [--all] [-o logits.f32]
-//                       [-t threads] [--ubatch n] [--no-special] [--tokenize-only] [-v]
+//                       [-t threads] [--ubatch n] [--kv-f16] [--no-special] [--tokenize-only] [-v]
 //
 // stdout gets one JSON object: {"n_vocab", "tokens", "n_rows", "argmax", "logits_file"} plus
 // "logits" (one list per row) when no -o is given. -o writes n_rows x n_vocab little-endian
-// float32, row-major. Rows are the last token's (default) or every token's (--all).
+// float32, row-major. Rows are the last token's (default) or every token's (--all). The KV cache
+// is f32 unless --kv-f16 asks for llama.cpp's default.
 //
 // setup_env.py copies this file to tools/bitnet-logits/ of the pinned llama.cpp tree (patch 0005
 // adds the target). Only the public llama.h API is used.
@@ -33,6 +34,7 @@ struct args {
     bool        add_special   = true;
     bool        tokenize_only = false;
     bool        verbose       = false;
+    bool        kv_f16        = false;
     int         n_threads     = 0;
     int         n_ubatch      = 0;
 };
@@ -43,7 +45,7 @@ int usage(const char * argv0, const char * why) {
     }
     fprintf(stderr,
         "usage: %s -m model.gguf (-p TEXT | --ids 1,2,3) [--all] [-o FILE] [-t N] [--ubatch N]\n"
-        "          [--no-special] [--tokenize-only] [-v]\n", argv0);
+        "          [--kv-f16] [--no-special] [--tokenize-only] [-v]\n", argv0);
     return 2;
 }
 
@@ -85,6 +87,8 @@ bool parse_args(int argc, char ** argv, args & a, const char ** why) {
             a.add_special = false;
         } else if (arg == "--tokenize-only") {
             a.tokenize_only = true;
+        } else if (arg == "--kv-f16") {
+            a.kv_f16 = true;
         } else if (arg == "-v" || arg == "--verbose") {
             a.verbose = true;
         } else {
@@ -129,6 +133,23 @@ void quiet_log(ggml_log_level level, const char * text, void *) {
     if (level == GGML_LOG_LEVEL_ERROR) {
         fputs(text, stderr);
     }
+}
+
+std::string json_string(const std::string & s) {
+    std::string out = "\"";
+    for (const char c : s) {
+        if (c == '"' || c == '\\') {
+            out += '\\';
+            out += c;
+        } else if ((unsigned char) c < 0x20) {
+            char buf[8];
+            snprintf(buf, sizeof(buf), "\\u%04x", c);
+            out += buf;
+        } else {
+            out += c;
+        }
+    }
+    return out + "\"";
 }
 
 void print_ints(const std::vector<llama_token> & v) {
@@ -209,6 +230,11 @@ int main(int argc, char ** argv) {
     cparams.n_threads       = n_threads;
     cparams.n_threads_batch = n_threads;
     cparams.no_perf         = true;
+    if (!a.kv_f16) {
+        // an f32 KV cache keeps the comparison with a float32 reference to rounding noise
+        cparams.type_k = GGML_TYPE_F32;
+        cparams.type_v = GGML_TYPE_F32;
+    }
     llama_context * ctx = llama_init_from_model(model, cparams);
     if (!ctx) {
         fprintf(stderr, "error: cannot create a context\n");
@@ -276,7 +302,7 @@ int main(int argc, char ** argv) {
     printf(", \"n_rows\": %zu, \"argmax\": ", rows.size());
     print_ints(argmax);
     if (fout) {
-        printf(", \"logits_file\": \"%s\"}\n", a.out.c_str());
+        printf(", \"logits_file\": %s}\n", json_string(a.out).c_str());
     } else {
         printf(", \"logits_file\": null, \"logits\": [%s]}\n", inline_logits.c_str());
     }
