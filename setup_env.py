@@ -6,13 +6,14 @@
     python setup_env.py --dry-run             # print the plan, change nothing
     python setup_env.py --hf-repo microsoft/bitnet-b1.58-2B-4T -q i2_s
     python setup_env.py --model-dir ./my-checkpoint
+    python setup_env.py --dev --no-model      # CI: + the oracle extra (torch), no model
 
 Stage 1 (this file, standard library only, so a bare `python3` runs it): create `.venv` in the
-checkout unless a virtual environment is already active, `pip install -e .[test]` into it (skipped
-when pyproject.toml has not changed since the last install), then re-run this file with the
-venv's python. Stage 2 calls `bitnet.tools.build`: fetch the pinned llama.cpp sdist into
-$BITNET_CACHE (default ~/.cache/bitnet), patch it, build it. A second run with nothing changed
-does nothing.
+checkout unless a virtual environment is already active, `pip install -e .[test]` into it (with
+--dev `.[test,oracle]`; skipped when pyproject.toml has not changed since the last install), then
+re-run this file with the venv's python. Stage 2 calls `bitnet.tools.build`: fetch the pinned
+llama.cpp sdist into $BITNET_CACHE (default ~/.cache/bitnet), patch it, build it. A second run
+with nothing changed does nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
     p.add_argument("--force", action="store_true", help="rebuild (and reconvert) even if current")
     p.add_argument("--skip-install", action="store_true", help="do not run pip install")
+    p.add_argument(
+        "--dev",
+        action="store_true",
+        help="also install the oracle extra (torch + transformers) for the full test suite",
+    )
+    p.add_argument("--no-model", action="store_true", help="skip the model step even if asked")
     src = p.add_mutually_exclusive_group()
     src.add_argument(
         "--hf-repo", metavar="ID", help="download this Hugging Face repo and convert it"
@@ -75,8 +82,17 @@ def venv_python(venv_dir: Path) -> Path:
     return venv_dir / sub
 
 
-def install_stamp() -> str:
-    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+def importable(python: Path) -> bool:
+    return subprocess.call([str(python), "-c", "import bitnet.tools.build"], cwd=ROOT) == 0
+
+
+def extras(args: argparse.Namespace) -> str:
+    return "test,oracle" if args.dev else "test"
+
+
+def install_stamp(args: argparse.Namespace) -> str:
+    h = hashlib.sha256((ROOT / "pyproject.toml").read_bytes())
+    return h.hexdigest() + " " + extras(args)
 
 
 def stage1(args: argparse.Namespace, argv: list[str]) -> int:
@@ -99,21 +115,22 @@ def stage1(args: argparse.Namespace, argv: list[str]) -> int:
 
     mark = prefix / INSTALL_MARK
     current = mark.read_text().strip() if mark.exists() else ""
-    if args.dry_run and not current:
-        say("would run: pip install -e .[test], then build llama.cpp (the plan needs bitnet)")
+    spec = f".[{extras(args)}]"
+    if args.dry_run and not current and not importable(python):
+        say(f"would run: pip install -e {spec}, then build llama.cpp (the plan needs bitnet)")
         return 0
     if args.skip_install or args.dry_run:
         pass
-    elif current == install_stamp():
+    elif current == install_stamp(args):
         say("bitnet is already installed (pyproject.toml unchanged)")
     else:
-        say("installing bitnet: pip install -e .[test]")
-        rc = subprocess.call([str(python), "-m", "pip", "install", "-e", ".[test]"], cwd=ROOT)
+        say(f"installing bitnet: pip install -e {spec}")
+        rc = subprocess.call([str(python), "-m", "pip", "install", "-e", spec], cwd=ROOT)
         if rc != 0:
             say("error: pip install failed (see its output above)")
             say("try: check the network and pip's index settings, then run: python setup_env.py")
             return rc
-        mark.write_text(install_stamp() + "\n")
+        mark.write_text(install_stamp(args) + "\n")
 
     env = dict(os.environ, **{STAGE_ENV: "2"})
     cmd = [str(python), str(Path(__file__).resolve()), *argv]
@@ -138,7 +155,7 @@ def stage2(args: argparse.Namespace) -> int:
         if args.dry_run:
             for line in B.describe(plan):
                 out.data(line)
-            if args.hf_repo or args.model_dir:
+            if (args.hf_repo or args.model_dir) and not args.no_model:
                 out.data(
                     f"then convert {args.hf_repo or args.model_dir} to {args.quant_type} "
                     f"({args.model_out or 'models/<name>/ggml-model-' + args.quant_type + '.gguf'})"
@@ -154,7 +171,7 @@ def stage2(args: argparse.Namespace) -> int:
             with out.progress("building llama.cpp") as bar:
                 res = B.run_build(plan, bar)
             out.info(f"built in {res.seconds:.0f} s; binaries in {res.bin_dir}")
-        if args.hf_repo or args.model_dir:
+        if (args.hf_repo or args.model_dir) and not args.no_model:
             with out.progress("preparing the model") as bar:
                 path = B.prepare_model(
                     args.hf_repo or args.model_dir,

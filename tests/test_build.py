@@ -13,6 +13,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+
 from bitnet.tools import build as B
 from bitnet.tools.errors import BuildError, ToolchainError, UsageError
 
@@ -388,3 +389,18 @@ def test_setup_env_rejects_an_unknown_cpu(tmp_path):
     )
     assert res.returncode == 2
     assert "invalid choice" in res.stderr
+
+
+def test_a_cmake_cache_of_another_tree_is_dropped(tmp_path, repo_copy):
+    plan = B.plan_build(B.BuildOptions(cache=tmp_path), toolchain=FAKE_TC)
+    plan.build_dir.mkdir(parents=True)
+    cache = plan.build_dir / "CMakeCache.txt"
+    cache.write_text(
+        f"CMAKE_HOME_DIRECTORY:INTERNAL={plan.source}\nCMAKE_GENERATOR:INTERNAL=Ninja\n"
+    )
+    B._drop_foreign_cmake_cache(plan)
+    assert cache.exists()  # same tree, same generator: kept for an incremental build
+    cache.write_text("CMAKE_HOME_DIRECTORY:INTERNAL=/elsewhere\nCMAKE_GENERATOR:INTERNAL=Ninja\n")
+    (plan.build_dir / "CMakeFiles").mkdir()
+    B._drop_foreign_cmake_cache(plan)
+    assert not cache.exists() and not (plan.build_dir / "CMakeFiles").exists()

@@ -86,6 +86,8 @@ _CPU_FLAGS: dict[str, dict[str, str]] = {
     "avx512": {"GGML_NATIVE": "OFF", **{f: "ON" for f in _X86_BASE}, "GGML_AVX512": "ON"},
 }
 
+_NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+
 #: Options common to every build: Release, static binaries that run from anywhere, only the
 #: tools we need, no network at build time (no curl/openssl, no prebuilt web UI download).
 _COMMON_FLAGS: dict[str, str] = {
@@ -259,6 +261,11 @@ def cmake_flags(cpu: str, tc: Toolchain, pin: Pin) -> dict[str, str]:
         )
     flags = dict(_COMMON_FLAGS)
     flags.update(_CPU_FLAGS[cpu] if x86 else {"GGML_NATIVE": "ON" if cpu == "native" else "OFF"})
+    if x86 and cpu == "native":
+        # -march=native turns on AMX where the CPU lists it, and ggml's AMX path (Q8_0/Q6_K
+        # heads in prefill) then faults on VMs that list AMX without enabling it (seen on ours).
+        # The ternary path never uses AMX, so native builds leave it out.
+        flags["CMAKE_C_FLAGS"] = flags["CMAKE_CXX_FLAGS"] = _NO_AMX
     flags["CMAKE_C_COMPILER"] = tc.cc
     flags["CMAKE_CXX_COMPILER"] = tc.cxx
     flags["GGML_CCACHE"] = "ON" if tc.ccache else "OFF"
@@ -694,6 +701,21 @@ def log_tail(path: Path, n: int = 25) -> list[str]:
         return []
 
 
+def _drop_foreign_cmake_cache(plan: BuildPlan) -> None:
+    """cmake refuses a build folder made for another source tree or generator: start it afresh."""
+    cache = plan.build_dir / "CMakeCache.txt"
+    try:
+        text = cache.read_text(errors="replace")
+    except OSError:
+        return
+    home = re.search(r"^CMAKE_HOME_DIRECTORY:INTERNAL=(.*)$", text, re.M)
+    gen = re.search(r"^CMAKE_GENERATOR:INTERNAL=(.*)$", text, re.M)
+    same_home = bool(home) and Path(home.group(1)).resolve() == plan.source.resolve()
+    if not same_home or not gen or gen.group(1) != plan.toolchain.generator:
+        cache.unlink()
+        shutil.rmtree(plan.build_dir / "CMakeFiles", ignore_errors=True)
+
+
 @dataclass
 class BuildResult:
     bin_dir: Path
@@ -717,6 +739,7 @@ def run_build(plan: BuildPlan, progress: ProgressFn | None = None) -> BuildResul
     )  # fmt: skip
     plan.build_dir.mkdir(parents=True, exist_ok=True)
     plan.stamp_file.unlink(missing_ok=True)  # a build that stops half-way is not up to date
+    _drop_foreign_cmake_cache(plan)
     with open(plan.log_file, "w") as log:
         _run_logged(plan.cmake_configure_cmd(), log, "cmake configure", progress, plan.log_file)
         _run_logged(plan.cmake_build_cmd(), log, "building llama.cpp", progress, plan.log_file)

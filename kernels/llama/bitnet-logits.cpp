@@ -2,12 +2,13 @@
 // that compare the patched llama.cpp against bitnet's NumPy reference.
 //
 //   llama-bitnet-logits -m model.gguf (-p "text" | --ids 1,2,3) [--all] [-o logits.f32]
-//                       [-t threads] [--ubatch n] [--kv-f16] [--no-special] [--tokenize-only] [-v]
+//                       [-t threads] [--ubatch n] [--kv-f16] [--fa] [--no-special] [--tokenize-only]
+//                       [-v]
 //
 // stdout gets one JSON object: {"n_vocab", "tokens", "n_rows", "argmax", "logits_file"} plus
 // "logits" (one list per row) when no -o is given. -o writes n_rows x n_vocab little-endian
 // float32, row-major. Rows are the last token's (default) or every token's (--all). The KV cache
-// is f32 unless --kv-f16 asks for llama.cpp's default.
+// is f32 and flash attention off unless --kv-f16 / --fa ask for llama.cpp's defaults.
 //
 // setup_env.py copies this file to tools/bitnet-logits/ of the pinned llama.cpp tree (patch 0005
 // adds the target). Only the public llama.h API is used.
@@ -35,6 +36,7 @@ struct args {
     bool        tokenize_only = false;
     bool        verbose       = false;
     bool        kv_f16        = false;
+    bool        flash_attn    = false;
     int         n_threads     = 0;
     int         n_ubatch      = 0;
 };
@@ -45,7 +47,7 @@ int usage(const char * argv0, const char * why) {
     }
     fprintf(stderr,
         "usage: %s -m model.gguf (-p TEXT | --ids 1,2,3) [--all] [-o FILE] [-t N] [--ubatch N]\n"
-        "          [--kv-f16] [--no-special] [--tokenize-only] [-v]\n", argv0);
+        "          [--kv-f16] [--fa] [--no-special] [--tokenize-only] [-v]\n", argv0);
     return 2;
 }
 
@@ -89,6 +91,8 @@ bool parse_args(int argc, char ** argv, args & a, const char ** why) {
             a.tokenize_only = true;
         } else if (arg == "--kv-f16") {
             a.kv_f16 = true;
+        } else if (arg == "--fa") {
+            a.flash_attn = true;
         } else if (arg == "-v" || arg == "--verbose") {
             a.verbose = true;
         } else {
@@ -230,11 +234,13 @@ int main(int argc, char ** argv) {
     cparams.n_threads       = n_threads;
     cparams.n_threads_batch = n_threads;
     cparams.no_perf         = true;
+    // f32 KV cache and plain attention keep the comparison with a float32 reference to rounding
+    // noise; --kv-f16 and --fa give llama.cpp's defaults (flash attention rounds Q to f16)
     if (!a.kv_f16) {
-        // an f32 KV cache keeps the comparison with a float32 reference to rounding noise
         cparams.type_k = GGML_TYPE_F32;
         cparams.type_v = GGML_TYPE_F32;
     }
+    cparams.flash_attn_type = a.flash_attn ? LLAMA_FLASH_ATTN_TYPE_AUTO : LLAMA_FLASH_ATTN_TYPE_DISABLED;
     llama_context * ctx = llama_init_from_model(model, cparams);
     if (!ctx) {
         fprintf(stderr, "error: cannot create a context\n");
