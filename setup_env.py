@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Set up bitnet: install the package, build the patched llama.cpp, optionally convert a model.
+"""Set up bitnet: install the package, build the patched llama.cpp, convert and run a model.
 
-    python setup_env.py                       # venv + pip install + build (--cpu native)
+    python setup_env.py                       # venv + install + build + a tiny model, converted and run
     python setup_env.py --cpu generic         # a build with no SIMD flags (kernels still dispatch)
     python setup_env.py --dry-run             # print the plan, change nothing
     python setup_env.py --hf-repo microsoft/bitnet-b1.58-2B-4T -q i2_s
@@ -51,7 +51,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="also install the oracle extra (torch + transformers) for the full test suite",
     )
-    p.add_argument("--no-model", action="store_true", help="skip the model step even if asked")
+    p.add_argument(
+        "--no-model",
+        action="store_true",
+        help="only install and build (by default a model is converted and run: the one named "
+        "by --hf-repo/--model-dir, else a tiny one made from a seed)",
+    )
     src = p.add_mutually_exclusive_group()
     src.add_argument(
         "--hf-repo", metavar="ID", help="download this Hugging Face repo and convert it"
@@ -171,17 +176,34 @@ def stage2(args: argparse.Namespace) -> int:
             with out.progress("building llama.cpp") as bar:
                 res = B.run_build(plan, bar)
             out.info(f"built in {res.seconds:.0f} s; binaries in {res.bin_dir}")
-        if (args.hf_repo or args.model_dir) and not args.no_model:
+        if not args.no_model:
+            source = args.hf_repo or args.model_dir
+            if source is None:
+                # No model named: the main job runs on a tiny checkpoint made here from a seed.
+                from bitnet.tools.dummy import make_dummy
+
+                source = ROOT / "models" / "bitnet-tiny-hf"
+                if not source.exists():
+                    out.info(f"no model named: making a tiny random BitNet checkpoint in {source}")
+                    make_dummy(source, preset="tiny", layout="packed", seed=0)
             with out.progress("preparing the model") as bar:
                 path = B.prepare_model(
-                    args.hf_repo or args.model_dir,
+                    source,
                     args.quant_type,
                     Path(args.model_out) if args.model_out else None,
                     args.force,
                     bar,
                 )
-            out.info(f"model ready: {path}")
-            out.info(f"try: bitnet run -m {path} -p 'Hello'")
+            out.info(f"model ready: {path}; generating (greedy) from it:")
+            from bitnet.tools import runtime
+
+            runtime.generate(
+                path,
+                "Once upon a time",
+                runtime.GenerationOptions(n_predict=24, temperature=0.0, seed=0),
+            )
+            out.data("")
+            out.info(f"next: .venv/bin/bitnet run -m {path} -p 'Hello' -n 64")
         return 0
     except BitnetError as exc:
         code, default_hint = exit_code_for(exc)
