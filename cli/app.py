@@ -6,7 +6,7 @@ import typer
 
 import bitnet
 
-from . import convert, dummy, inspect, run
+from . import bench, convert, dummy, inspect, run
 
 app = typer.Typer(
     name="bitnet",
@@ -40,6 +40,7 @@ app.command("convert")(convert.convert)
 app.command("inspect")(inspect.inspect)
 app.command("dummy")(dummy.dummy)
 app.command("run")(run.run)
+app.command("bench")(bench.bench)
 
 
 def main() -> None:

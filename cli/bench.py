@@ -1,0 +1,150 @@
+"""`bitnet bench`: tokens/s, peak memory and energy per token of GGUF models, side by side."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bitnet.tools import bench as B
+from bitnet.tools import energy as E
+from bitnet.tools.errors import UsageError
+
+from . import _output as out
+from ._errors import handle_errors
+
+
+def _default_threads() -> str:
+    n = os.cpu_count() or 1
+    return "1" if n == 1 else f"1,{n}"
+
+
+@handle_errors
+def bench(
+    models: Annotated[
+        list[Path] | None,
+        typer.Option("-m", "--model", help="GGUF model to benchmark (repeat for several)."),
+    ] = None,
+    n_prompt: Annotated[
+        str, typer.Option("-p", "--n-prompt", help="Prompt lengths, e.g. 128,512 (0: none).")
+    ] = "128",
+    n_gen: Annotated[
+        str, typer.Option("-n", "--n-gen", help="Generated tokens, e.g. 64 (0: none).")
+    ] = "64",
+    threads: Annotated[
+        str, typer.Option("-t", "--threads", help="Thread counts, e.g. 1,2.")
+    ] = _default_threads(),
+    repetitions: Annotated[
+        int, typer.Option("-r", "--repetitions", help="Timed repetitions per test.")
+    ] = 5,
+    depth: Annotated[
+        str,
+        typer.Option("-d", "--depth", help="Context already filled before each test, e.g. 0,512."),
+    ] = "0",
+    warmup: Annotated[
+        bool, typer.Option("--warmup/--no-warmup", help="One untimed run before each test.")
+    ] = True,
+    compare: Annotated[
+        Path | None,
+        typer.Option(
+            "--compare", help="HF checkpoint folder: convert it to --types and bench them all."
+        ),
+    ] = None,
+    types: Annotated[
+        str, typer.Option("--types", help="Types for --compare (comma-separated).")
+    ] = ",".join(B.COMPARE_TYPES),
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            "--baseline", help="Type or model name the ratios are against (--compare: f16)."
+        ),
+    ] = None,
+    energy: Annotated[
+        str,
+        typer.Option("--energy", help="auto (RAPL if readable, else estimate), rapl or estimate."),
+    ] = "auto",
+    cpu_watts: Annotated[
+        float,
+        typer.Option("--cpu-watts", help="Estimate: watts per busy core (see docs/bench.md)."),
+    ] = E.DEFAULT_CPU_WATTS,
+    dram_pj: Annotated[
+        float, typer.Option("--dram-pj-per-byte", help="Estimate: DRAM energy per byte moved, pJ.")
+    ] = E.DEFAULT_DRAM_PJ_PER_BYTE,
+    probe: Annotated[
+        bool,
+        typer.Option(
+            "--bandwidth/--no-bandwidth", help="Measure read bandwidth for the % of bound column."
+        ),
+    ] = True,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the report as JSON (schema: docs/bench.md).")
+    ] = False,
+    csv_path: Annotated[
+        Path | None, typer.Option("--csv", help="Also write the results as CSV.")
+    ] = None,
+    plot_path: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Also draw tokens/s and J/token to a PNG (needs matplotlib)."),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Overwrite existing --csv/--plot files; reconvert --compare."),
+    ] = False,
+) -> None:
+    """Benchmark prompt processing (pp) and generation (tg): tokens/s with spread, peak RSS,
+    file size, bits per weight, J/token (measured with RAPL, else a labelled estimate) and
+    generation as a percentage of the memory-bandwidth bound."""
+    opts = B.BenchOptions(
+        n_prompt=B.parse_int_list(n_prompt, "-p"),
+        n_gen=B.parse_int_list(n_gen, "-n"),
+        threads=B.parse_int_list(threads, "-t"),
+        repetitions=repetitions,
+        depth=B.parse_int_list(depth, "--depth"),
+        warmup=warmup,
+        energy=energy.lower(),
+        cpu_watts=cpu_watts,
+        dram_pj_per_byte=dram_pj,
+        bandwidth_probe=probe,
+    )
+    opts.check()
+    if plot_path is not None:
+        B.require_matplotlib()
+    B.check_outputs([csv_path, plot_path], force)
+    specs = [B.ModelSpec(Path(m)) for m in models or []]
+    for s in specs:  # fail on a missing file before converting or measuring anything
+        B.model_info(s)
+    skipped: list[dict[str, str]] = []
+    if compare is not None:
+        with out.progress(f"converting {compare.name}") as bar:
+            more, skipped = B.prepare_compare(
+                compare, B.parse_names(types), force=force, progress=bar
+            )
+        specs += more
+        if baseline is None and any(s.name == "f16" for s in more):
+            baseline = "f16"
+        for s in skipped:
+            out.warn(f"skipping {s['type']}: {s['reason']}")
+    if not specs:
+        raise UsageError("no model to benchmark.", hint="pass -m MODEL.gguf or --compare DIR")
+
+    with out.progress("benchmarking") as bar:
+        report = B.run_bench(specs, opts, progress=bar, skipped=skipped, baseline=baseline)
+
+    if json_out:
+        out.emit_json(report)
+    else:
+        cols, rows = B.table_rows(report)
+        out.table(cols, rows, title=f"bitnet bench — {report['host']['cpu']}")
+        for line in B.summary_lines(report):
+            out.info(line)
+    for note in report["notes"]:
+        out.warn(note)
+    if csv_path is not None:
+        out.info(f"wrote {B.write_csv(report, csv_path, force)}")
+    if plot_path is not None:
+        out.info(f"wrote {B.write_plot(report, plot_path, force)}")
+    err = B.failure_error(report)
+    if err is not None:
+        raise err
