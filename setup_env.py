@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set up bitnet: install the package, build the patched llama.cpp, convert and run a model.
 
-    python setup_env.py                       # venv + install + build + a tiny model, converted and run
+    python setup_env.py                       # venv, install, build, convert + run a tiny model
     python setup_env.py --cpu generic         # a build with no SIMD flags (kernels still dispatch)
     python setup_env.py --dry-run             # print the plan, change nothing
     python setup_env.py --hf-repo microsoft/bitnet-b1.58-2B-4T -q i2_s

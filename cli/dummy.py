@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from bitnet.tools import dummy as dummy_lib
 from bitnet.tools.errors import UsageError
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -13,23 +14,33 @@ from ._errors import handle_errors
 
 @handle_errors
 def run(
-    model: Path = typer.Option(..., "-m", "--model", help="GGUF model file."),
-    prompt: str = typer.Option(..., "-p", "--prompt", help="Prompt text (the user turn with --chat)."),
-    n_predict: int = typer.Option(128, "-n", "--n-predict", help="Tokens to generate."),
-    threads: int | None = typer.Option(None, "-t", "--threads", help="CPU threads."),
-    ctx_size: int = typer.Option(2048, "-c", "--ctx-size", help="Context size in tokens."),
-    temp: float = typer.Option(0.8, "--temp", help="Temperature; 0 = greedy."),
-    top_k: int = typer.Option(40, "--top-k", help="Top-k sampling."),
-    top_p: float = typer.Option(0.95, "--top-p", help="Top-p sampling."),
-    seed: int = typer.Option(-1, "--seed", help="Sampling seed (-1 = random)."),
-    chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template."),
-    system: str | None = typer.Option(None, "--system", help="System message (with --chat)."),
-    display_prompt: bool = typer.Option(
-        True, "--display-prompt/--no-display-prompt", help="Echo the prompt before the output."
-    ),
-    extra: list[str] | None = typer.Argument(
-        None, help="Anything after `--` goes to llama.cpp unchanged.", show_default=False
-    ),
+    model: Annotated[Path, typer.Option("-m", "--model", help="GGUF model file.")],
+    prompt: Annotated[
+        str, typer.Option("-p", "--prompt", help="Prompt text (the user turn with --chat).")
+    ],
+    n_predict: Annotated[int, typer.Option("-n", "--n-predict", help="Tokens to generate.")] = 128,
+    threads: Annotated[int | None, typer.Option("-t", "--threads", help="CPU threads.")] = None,
+    ctx_size: Annotated[int, typer.Option("-c", "--ctx-size", help="Context in tokens.")] = 2048,
+    temp: Annotated[float, typer.Option("--temp", help="Temperature; 0 = greedy.")] = 0.8,
+    top_k: Annotated[int, typer.Option("--top-k", help="Top-k sampling.")] = 40,
+    top_p: Annotated[float, typer.Option("--top-p", help="Top-p sampling.")] = 0.95,
+    seed: Annotated[int, typer.Option("--seed", help="Sampling seed (-1 = random).")] = -1,
+    chat: Annotated[
+        bool, typer.Option("--chat", help="Wrap the prompt in the model's chat template.")
+    ] = False,
+    system: Annotated[
+        str | None, typer.Option("--system", help="System message (with --chat).")
+    ] = None,
+    display_prompt: Annotated[
+        bool,
+        typer.Option(
+            "--display-prompt/--no-display-prompt", help="Echo the prompt before the output."
+        ),
+    ] = True,
+    extra: Annotated[
+        list[str] | None,
+        typer.Argument(help="Anything after `--` goes to llama.cpp unchanged.", show_default=False),
+    ] = None,
 ) -> None:
     """Generate text: tokens stream to stdout as they are produced; stops at end of turn."""
     opts = runtime.GenerationOptions(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from bitnet.tools.dummy import make_dummy
 
 #: The seed every shared tiny checkpoint is made from.

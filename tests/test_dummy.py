@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from bitnet.cli.app import app
 from bitnet.tools import dummy as dummy_lib
 from bitnet.tools import hf_tokenizer
 from bitnet.tools.dummy import PRESETS, make_dummy, plan_dummy
 from bitnet.tools.errors import OutputExistsError, ShapeError, UsageError
 from bitnet.tools.safetensors import Checkpoint
-from typer.testing import CliRunner
 
 runner = CliRunner()
 

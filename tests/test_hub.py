@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pytest
+
 from bitnet.tools import hub
 from bitnet.tools.errors import CorruptFileError, InputNotFoundError, NetworkError
 from bitnet.tools.hub import resolve_source, verify_checkpoint

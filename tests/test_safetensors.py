@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from bitnet.tools.errors import CorruptFileError, InputNotFoundError, ShapeError
 from bitnet.tools.safetensors import (
     INDEX_FILE,
