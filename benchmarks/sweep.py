@@ -35,6 +35,7 @@ from typing import Any
 from bitnet.cli import _output as out
 from bitnet.tools import bench as B
 from bitnet.tools import dummy as D
+from bitnet.tools.bandwidth import available_memory
 from bitnet.tools.build import default_cache
 from bitnet.tools.errors import BitnetError
 
@@ -78,16 +79,6 @@ def save_results(path: Path, results: dict[str, Any]) -> None:
     os.replace(tmp, path)  # a crash mid-write never loses earlier pieces
 
 
-def _available_bytes() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 1 << 62
-
-
 # --- one piece: a size ------------------------------------------------------------------------
 
 
@@ -117,7 +108,8 @@ def run_size(size: str, types: list[str], opts: B.BenchOptions, a: argparse.Name
         entry: dict[str, Any] = {"params": params, "n_params": plan.params, "report": None,
                                  "skipped": None}  # fmt: skip
         f16_bytes = 2 * plan.params
-        if t == "f16" and (f16_bytes > a.f16_max_gib * 2**30 or f16_bytes > _available_bytes() / 2):
+        too_big = f16_bytes > min(a.f16_max_gib * 2**30, (available_memory() or 1 << 62) / 2)
+        if t == "f16" and too_big:
             entry["skipped"] = (
                 f"F16 of {size} is {f16_bytes / 2**30:.1f} GiB: over --f16-max-gib "
                 f"{a.f16_max_gib:g} or half the available memory"

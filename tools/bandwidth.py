@@ -172,7 +172,7 @@ def last_level_cache_bytes(root: Path = Path("/sys/devices/system/cpu/cpu0/cache
     return best
 
 
-def _available_memory() -> int | None:
+def available_memory() -> int | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -206,7 +206,7 @@ def measure_read_bandwidth(
     """
     threads = max(1, int(threads))
     llc = last_level_cache_bytes()
-    nbytes = nbytes or probe_buffer_bytes(llc, _available_memory())
+    nbytes = nbytes or probe_buffer_bytes(llc, available_memory())
     buf = np.empty(nbytes // 8, dtype=np.uint64)
     buf.fill(1)
     parts = np.array_split(buf, threads)

@@ -130,3 +130,23 @@ def _tl2_tiling(m: int, k: int) -> Tiling | str:
         f"K = {k} cannot be split into a multiple of BK (a multiple of 24, at most 192) "
         f"plus a multiple of 32"
     )
+
+
+class TiledTernaryMixin:
+    """Shape checks and tiles of a ternary type packed in (BM, BK, bm) tiles (TL1, TL2).
+
+    The tiles are not stored in the file: packer, unpacker and kernels agree through
+    `default_tiling` alone.
+    """
+
+    name: str
+
+    def shape_problem(self, shape: tuple[int, ...]) -> str | None:
+        if len(shape) != 2:
+            return f"{self.name.upper()} stores 2-D (M, K) weights only"
+        return tiling_problem(shape[0], shape[1], self.name)
+
+    def tiling(self, shape: tuple[int, ...]) -> Tiling:
+        """The tiles this type packs an (M, K) weight with."""
+        m, k = (int(d) for d in shape)
+        return default_tiling(m, k, self.name)

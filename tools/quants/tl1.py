@@ -22,7 +22,7 @@ from bitnet.tools.constants import TERNARY_TAIL_BYTES, GGMLType
 from bitnet.tools.errors import CorruptFileError
 
 from .base import Shape, TernaryType, as_shape, register
-from .tiling import Tiling, default_tiling, tiling_problem
+from .tiling import TiledTernaryMixin, Tiling
 
 #: Axis order taking the (M, K/2) pair-index grid, split as
 #: (M/BM, BM/bm, bm/16, 16, K/BK, BK/by, by/4, 2), to the on-disk order.
@@ -51,22 +51,12 @@ def pair_codes(idx: np.ndarray) -> np.ndarray:
 
 
 @register
-class TL1(TernaryType):
+class TL1(TiledTernaryMixin, TernaryType):
     name = "tl1"
     type_id = GGMLType.TL1
 
-    def shape_problem(self, shape: Shape) -> str | None:
-        if len(shape) != 2:
-            return "TL1 stores 2-D (M, K) weights only"
-        return tiling_problem(shape[0], shape[1], "tl1")
-
     def _nbytes(self, shape: Shape) -> int:
         return shape[0] * shape[1] // 4 + TERNARY_TAIL_BYTES
-
-    def tiling(self, shape: Sequence[int]) -> Tiling:
-        """The tiles this type packs an (M, K) weight with."""
-        m, k = as_shape(shape)
-        return default_tiling(m, k, "tl1")
 
     def pack(self, codes: np.ndarray, scale: float) -> np.ndarray:
         c = self._codes(codes)

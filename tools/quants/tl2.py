@@ -31,7 +31,7 @@ from bitnet.tools.constants import TERNARY_TAIL_BYTES, GGMLType
 from bitnet.tools.errors import CorruptFileError
 
 from .base import Shape, TernaryType, as_shape, register
-from .tiling import TL2_TWO_BK, Tiling, default_tiling, tiling_problem
+from .tiling import TL2_TWO_BK, TiledTernaryMixin, Tiling
 from .tl1 import pair_codes, pair_index
 
 #: Output 8-byte chunk c of a 32-row vector holds rows 8*_CHUNKS[c] .. +7 (self-inverse).
@@ -97,23 +97,13 @@ def _unpack_signs(data: np.ndarray, m: int, g: int, bm_tile: int, per_tile: int)
 
 
 @register
-class TL2(TernaryType):
+class TL2(TiledTernaryMixin, TernaryType):
     name = "tl2"
     type_id = GGMLType.TL2
-
-    def shape_problem(self, shape: Shape) -> str | None:
-        if len(shape) != 2:
-            return "TL2 stores 2-D (M, K) weights only"
-        return tiling_problem(shape[0], shape[1], "tl2")
 
     def _nbytes(self, shape: Shape) -> int:
         m, k = shape
         return _roundup32(size_bound(m, k)) + TERNARY_TAIL_BYTES
-
-    def tiling(self, shape: Sequence[int]) -> Tiling:
-        """The tiles this type packs an (M, K) weight with."""
-        m, k = as_shape(shape)
-        return default_tiling(m, k, "tl2")
 
     @staticmethod
     def _sections(m: int, k: int, t: Tiling) -> tuple[int, int, int]:
