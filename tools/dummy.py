@@ -257,7 +257,7 @@ def hf_config(
         "torch_dtype": "bfloat16",
         "use_cache": True,
         "vocab_size": s.vocab,
-        # Not an HF field: marks the folder as made up (and how), for `bitnet info` and humans.
+        # Not an HF field: marks the folder as made up (and how), for `bitnet inspect` and humans.
         "bitnet_dummy": {"preset": preset, "seed": seed, "layout": layout},
     }
 

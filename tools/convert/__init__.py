@@ -231,7 +231,7 @@ def plan_conversion(
     if not src.is_dir():
         raise InputNotFoundError(
             f"{src} is not a folder.",
-            hint="pass a checkpoint folder or a repo id (bitnet download REPO fetches one)",
+            hint="pass a checkpoint folder or a Hugging Face repo id",
         )
     ckpt = Checkpoint(src)
     conv = converter_for(ckpt.config)(ckpt, name or src.resolve().name)

@@ -63,7 +63,7 @@ def _read_json(path: Path) -> Any:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CorruptFileError(
             f"{path.name} in {path.parent} is not valid JSON ({exc.__class__.__name__}).",
-            hint="re-download the checkpoint (bitnet download REPO)",
+            hint="download the checkpoint again (bitnet convert REPO-ID fetches it from the hub)",
         ) from None
 
 
