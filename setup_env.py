@@ -65,6 +65,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "-q", "--quant-type", default="i2_s", help="ternary type of the converted model (i2_s)"
     )
+    p.add_argument(
+        "--tl-shapes",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="also build TL1/TL2 kernels for this GGUF / HF folder's shapes (repeatable)",
+    )
     p.add_argument("--model-out", metavar="PATH", help="output GGUF (default: models/<name>/...)")
     return p.parse_args(argv)
 
@@ -156,7 +163,9 @@ def stage2(args: argparse.Namespace) -> int:
 
     plan = None
     try:
-        plan = B.plan_build(B.BuildOptions(cpu=args.cpu, jobs=args.jobs, force=args.force))
+        plan = B.plan_build(B.BuildOptions(
+                cpu=args.cpu, jobs=args.jobs, force=args.force, tl_shapes=tuple(args.tl_shapes)
+            ))
         if args.dry_run:
             for line in B.describe(plan):
                 out.data(line)

@@ -6,7 +6,7 @@ import typer
 
 import bitnet
 
-from . import bench, convert, dummy, inspect, run
+from . import bench, codegen, convert, dummy, inspect, run
 
 app = typer.Typer(
     name="bitnet",
@@ -41,6 +41,7 @@ app.command("inspect")(inspect.inspect)
 app.command("dummy")(dummy.dummy)
 app.command("run")(run.run)
 app.command("bench")(bench.bench)
+app.command("codegen")(codegen.codegen)
 
 
 def main() -> None:

@@ -284,6 +284,8 @@ class BuildOptions:
     jobs: int | None = None
     cache: Path | None = None
     force: bool = False
+    #: GGUF files / HF folders whose TL1/TL2 shapes the build must serve (bitnet codegen)
+    tl_shapes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -364,6 +366,9 @@ def plan_build(options: BuildOptions, toolchain: Toolchain | None = None) -> Bui
     flags = cmake_flags(options.cpu, tc, pin)
     patches = patch_files()
     overlay = overlay_files()
+    if options.tl_shapes:  # a generated shape table replaces the committed one (same tree path)
+        header = tl_shapes_header(cache, options.tl_shapes)
+        overlay[f"ggml/src/ggml-cpu/bitnet/{header.name}"] = header
     stamp = compute_stamp(pin, patches, overlay, flags)
     build_dir = cache / f"build-{options.cpu}"
     old = read_stamp(build_dir)
@@ -386,6 +391,16 @@ def plan_build(options: BuildOptions, toolchain: Toolchain | None = None) -> Bui
         stamp=stamp,
         up_to_date=up_to_date,
     )
+
+
+def tl_shapes_header(cache: Path, models: Sequence[str]) -> Path:
+    """Generate the TL shape table for `models` (+ the known shapes) into the cache; the file is
+    rewritten only when its bytes change, so the build stamp changes only then."""
+    from bitnet.tools import codegen
+
+    out = cache / "codegen" / codegen.HEADER_NAME
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return codegen.generate(list(models), out)[0]
 
 
 def describe(plan: BuildPlan) -> list[str]:

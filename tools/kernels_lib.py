@@ -133,6 +133,7 @@ class KernelLib:
         self._lib.bitnet_kernel_name.restype = ctypes.c_char_p
         self._lib.bitnet_set_kernel.argtypes = [ctypes.c_char_p]
         self._lib.bitnet_set_kernel.restype = ctypes.c_int
+        _declare_tl(self._lib)
 
     # --- path selection ---------------------------------------------------------------------
     def kernel_name(self) -> str:
@@ -214,11 +215,183 @@ class KernelLib:
         )
         return out
 
+    @property
+    def tl(self) -> TLKernels:
+        """The TL1/TL2 kernels of this library (`kernels/bitnet-tl.h`)."""
+        return TLKernels(self._lib)
+
     def mul_mat_raw(
         self, k: int, nr: int, nt: int, w: int, w_scale: float, acts: int, y: int, y_stride: int
     ) -> None:
         """The C call with raw addresses and no checks (benchmarks: no per-call overhead)."""
         self._lib.bitnet_i2s_mul_mat(k, nr, nt, w, w_scale, acts, y, y_stride)
+
+
+# --- TL1 / TL2 (kernels/bitnet-tl.h) ------------------------------------------------------------
+
+#: ggml-independent type codes of bitnet-tl.h (BITNET_TL1, BITNET_TL2).
+TL_TYPES = {"tl1": 1, "tl2": 2}
+#: TL2 lookup paths the library knows; `TLKernels.available()` says which run here.
+TL_KERNEL_NAMES: tuple[str, ...] = ("scalar", "avx2")
+
+
+class TLTiling(ctypes.Structure):
+    """`bitnet_tl_tiling`: the shape and tiles of one weight."""
+
+    _fields_ = [
+        ("M", ctypes.c_int64),
+        ("K", ctypes.c_int64),
+        ("BM", ctypes.c_int32),
+        ("BK", ctypes.c_int32),
+        ("bm", ctypes.c_int32),
+    ]
+
+
+def _declare_tl(lib: ctypes.CDLL) -> None:
+    i64, vp, i32, tp = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(TLTiling)
+    sigs = {
+        "bitnet_tl_tiling_valid": ([i32, tp], i32),
+        "bitnet_tl_nbytes": ([i32, i64, i64], i64),
+        "bitnet_tl_scale": ([i32, vp, i64, i64], ctypes.c_float),
+        "bitnet_tl_quantize_row": ([vp, vp, i64], ctypes.c_float),
+        "bitnet_tl_lut_len": ([i32, tp], i64),
+        "bitnet_tl_build_lut": ([i32, tp, vp, vp], None),
+        "bitnet_tl_mul_mat": (
+            [i32, tp, i64, i64, i64, vp, ctypes.c_float, vp, i64, vp, vp, i64],
+            None,
+        ),
+        "bitnet_tl_kernel_name": ([], ctypes.c_char_p),
+        "bitnet_tl_set_kernel": ([ctypes.c_char_p], i32),
+    }
+    for name, (args, res) in sigs.items():
+        fn = getattr(lib, name)
+        fn.argtypes = args
+        fn.restype = res
+
+
+class TLKernels:
+    """NumPy wrappers of the TL1/TL2 kernels (`kernels/bitnet-tl.h`) of a loaded library.
+
+        tl = kernels_lib.load().tl
+        q, d = tl.quantize_rows(x)                        # (nt, K) int8, (nt,) float32
+        y = tl.mul_mat("tl2", packed, (M, K), q, d)       # (nt, M) float32, scale from the tail
+    """
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self._lib = lib
+
+    @staticmethod
+    def tiling(qtype: str, m: int, k: int) -> TLTiling:
+        """The converter's tiles for (M, K) (`default_tiling`) as a `bitnet_tl_tiling`."""
+        from bitnet.tools.quants.tiling import default_tiling
+
+        t = default_tiling(m, k, qtype)
+        return TLTiling(m, k, t.BM, t.BK, t.bm)
+
+    def kernel_name(self) -> str:
+        return self._lib.bitnet_tl_kernel_name().decode()
+
+    def set_kernel(self, name: str | None) -> bool:
+        return bool(self._lib.bitnet_tl_set_kernel(None if name is None else name.encode()))
+
+    def available(self) -> list[str]:
+        current = self.kernel_name()
+        names = [n for n in TL_KERNEL_NAMES if self.set_kernel(n)]
+        self.set_kernel(current)
+        return names
+
+    @contextlib.contextmanager
+    def use(self, name: str) -> Iterator[None]:
+        """Run the block with TL lookup path `name`; UsageError if unavailable here."""
+        previous = self.kernel_name()
+        if not self.set_kernel(name):
+            raise UsageError(
+                f"TL kernel path {name!r} is not available on this CPU or in this build.",
+                hint=f"choose one of {', '.join(self.available())}",
+            )
+        try:
+            yield
+        finally:
+            self.set_kernel(previous)
+
+    def valid(self, qtype: str, t: TLTiling) -> bool:
+        return bool(self._lib.bitnet_tl_tiling_valid(TL_TYPES[qtype], ctypes.byref(t)))
+
+    def nbytes(self, qtype: str, m: int, k: int) -> int:
+        return int(self._lib.bitnet_tl_nbytes(TL_TYPES[qtype], m, k))
+
+    def scale(self, qtype: str, w: np.ndarray, m: int, k: int) -> float:
+        w = np.ascontiguousarray(w, dtype=np.uint8)
+        return float(self._lib.bitnet_tl_scale(TL_TYPES[qtype], _c_ptr(w), m, k))
+
+    def quantize_rows(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-token int8 activations of `x` (nt, K): q (nt, K) int8 and d (nt,) float32."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim == 1:
+            x = x[None, :]
+        nt, k = x.shape
+        q = np.zeros((nt, k), dtype=np.int8)
+        d = np.zeros(nt, dtype=np.float32)
+        for t in range(nt):
+            xp = ctypes.c_void_p(x.ctypes.data + t * k * 4)
+            d[t] = self._lib.bitnet_tl_quantize_row(xp, ctypes.c_void_p(q.ctypes.data + t * k), k)
+        return q, d
+
+    def build_lut(self, qtype: str, t: TLTiling, q: np.ndarray) -> np.ndarray:
+        """LUTs of every token of `q` (nt, K): int16 (nt, lut_len)."""
+        q = np.ascontiguousarray(q, dtype=np.int8)
+        n = int(self._lib.bitnet_tl_lut_len(TL_TYPES[qtype], ctypes.byref(t)))
+        lut = np.zeros((q.shape[0], n), dtype=np.int16)
+        for j in range(q.shape[0]):
+            self._lib.bitnet_tl_build_lut(
+                TL_TYPES[qtype],
+                ctypes.byref(t),
+                ctypes.c_void_p(q.ctypes.data + j * q.shape[1]),
+                ctypes.c_void_p(lut.ctypes.data + j * n * 2),
+            )
+        return lut
+
+    def mul_mat(
+        self,
+        qtype: str,
+        w: np.ndarray,
+        shape: tuple[int, int],
+        q: np.ndarray,
+        d: np.ndarray,
+        tiles: tuple[int, int] | None = None,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """y (nt, M) = (Σ w·q) / d · scale for the packed tensor `w` of numpy shape (M, K).
+
+        `tiles` = (tile0, tile1) limits the BM-row tiles computed (others stay as in `out`).
+        """
+        m, k = shape
+        t = self.tiling(qtype, m, k)
+        w = np.ascontiguousarray(w, dtype=np.uint8)
+        if w.size != self.nbytes(qtype, m, k):
+            raise ShapeError(f"{qtype} tensor of shape {shape} has {w.size} bytes, not nbytes.")
+        q = np.ascontiguousarray(q, dtype=np.int8).reshape(-1, k)
+        d = np.ascontiguousarray(d, dtype=np.float32).reshape(-1)
+        nt = q.shape[0]
+        lut = self.build_lut(qtype, t, q)
+        if out is None:
+            out = np.zeros((nt, m), dtype=np.float32)
+        tile0, tile1 = tiles or (0, m // t.BM)
+        self._lib.bitnet_tl_mul_mat(
+            TL_TYPES[qtype],
+            ctypes.byref(t),
+            tile0,
+            tile1,
+            nt,
+            _c_ptr(w),
+            self.scale(qtype, w, m, k),
+            _c_ptr(lut),
+            lut.shape[1],
+            _c_ptr(d),
+            _c_ptr(out),
+            out.shape[1],
+        )
+        return out
 
 
 @functools.cache

@@ -1,0 +1,33 @@
+/*
+ * bitnet-tl-internal.h — what the TL kernel files share (not part of the public interface,
+ * which is bitnet-tl.h).
+ */
+#ifndef BITNET_TL_INTERNAL_H
+#define BITNET_TL_INTERNAL_H
+
+#include <stdint.h>
+
+#include "bitnet-tl.h"
+
+/* Largest BM tile the kernels accept (default_tiling picks <= 256) and tokens per accumulator
+ * chunk: the int32 accumulators of one chunk (8 x 1024 x 4 B = 32 KiB) live on the stack. */
+#define BITNET_TL_MAX_BM 1024
+#define BITNET_TL_NT_CHUNK 8
+
+/* Adds the TL2 dot products of BM-tile i0 for nc tokens to acc[c*BM + row] (int32). */
+typedef void (*bitnet_tl_tile_fn)(const bitnet_tl_tiling *t, int64_t i0, int64_t nc,
+                                  const uint8_t *w, const int16_t *lut, int64_t lut_stride,
+                                  int32_t *acc);
+
+void bitnet_tl_write_out(const int32_t *acc, int64_t bm_tile, int64_t row0, int64_t nc,
+                         const float *d, float w_scale, float *y, int64_t y_stride);
+
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(BITNET_NO_SIMD) && \
+    ((defined(__clang__) && __clang_major__ >= 7) || (!defined(__clang__) && __GNUC__ >= 8)) && \
+    defined(BITNET_TL_AVX2_READY)
+#define BITNET_TL_HAVE_AVX2 1
+void bitnet_tl2_tile_avx2(const bitnet_tl_tiling *t, int64_t i0, int64_t nc, const uint8_t *w,
+                          const int16_t *lut, int64_t lut_stride, int32_t *acc);
+#endif
+
+#endif /* BITNET_TL_INTERNAL_H */

@@ -1,0 +1,122 @@
+// ggml-cpu glue for BitNet's TL1/TL2 weights: the mul_mat of one graph node, run by every thread
+// of the ggml pool. The arithmetic lives in kernels/bitnet-tl.c; the tiles of each weight shape
+// come from the generated table ggml-cpu-bitnet-tl-shapes.h (`bitnet codegen`), the same tiles
+// the converter packed with (tools/quants/tiling.py default_tiling).
+//
+// ref: bitnet docs/formats.md (TL1/TL2 layouts, scale tail), kernels/bitnet-tl.h (contract).
+
+#include "ggml-cpu-bitnet-tl.h"
+
+#include "bitnet-tl.h"
+#include "ggml-cpu-bitnet-tl-shapes.h"
+#include "ggml-cpu-impl.h"
+#include "ggml-impl.h"
+
+#include <string.h>
+
+#define TL_ALIGN 64
+#define TL_PAD(x) (((x) + TL_ALIGN - 1) / TL_ALIGN * TL_ALIGN)
+
+int ggml_bitnet_tl_is_tl(const struct ggml_tensor * t) {
+    return t != NULL && (t->type == GGML_TYPE_TL1 || t->type == GGML_TYPE_TL2);
+}
+
+static int tl_code(enum ggml_type type) {
+    return type == GGML_TYPE_TL1 ? BITNET_TL1 : BITNET_TL2;
+}
+
+// The table entry of (type, M, K), or NULL when this build was not generated for the shape.
+static const bitnet_tl_tiling * tl_find(enum ggml_type type, int64_t M, int64_t K) {
+    const int code = tl_code(type);
+    for (int i = 0; i < BITNET_TL_N_SHAPES; i++) {
+        const bitnet_tl_shape * s = &BITNET_TL_SHAPES[i];
+        if (s->type == code && s->t.M == M && s->t.K == K) {
+            return &s->t;
+        }
+    }
+    return NULL;
+}
+
+// Work buffer layout: [d: n_tok floats][q: n_tok x pad(K) int8][LUT: n_tok x lut_len int16].
+static size_t tl_lut_offset(int64_t n_tok, int64_t K) {
+    return TL_PAD((size_t) n_tok * sizeof(float)) + (size_t) n_tok * TL_PAD((size_t) K);
+}
+
+size_t ggml_bitnet_tl_wsize(const struct ggml_tensor * src0, const struct ggml_tensor * src1) {
+    const bitnet_tl_tiling * t = tl_find(src0->type, src0->ne[1], src0->ne[0]);
+    if (t == NULL) {
+        return 0;  // refused with a clear message when the node runs
+    }
+    const int64_t n_tok = src1->ne[1] * src1->ne[2] * src1->ne[3];
+    return tl_lut_offset(n_tok, t->K) + (size_t) n_tok * bitnet_tl_lut_len(tl_code(src0->type), t) * sizeof(int16_t);
+}
+
+void ggml_compute_forward_mul_mat_tl(const struct ggml_compute_params * params, struct ggml_tensor * dst) {
+    const struct ggml_tensor * src0 = dst->src[0];  // weights, TL1/TL2
+    const struct ggml_tensor * src1 = dst->src[1];  // activations, F32
+
+    GGML_TENSOR_BINARY_OP_LOCALS
+
+    const int ith = params->ith;
+    const int nth = params->nth;
+    const int type = tl_code(src0->type);
+
+    const bitnet_tl_tiling * t = tl_find(src0->type, ne01, ne00);
+    if (t == NULL) {
+        GGML_ABORT("bitnet: %s weight '%s' has shape (M = %lld, K = %lld), which this build has no "
+                   "TL kernel table entry for (shape set %s); rebuild with: python setup_env.py "
+                   "--tl-shapes MODEL (or convert with --outtype i2_s)",
+                   ggml_type_name(src0->type), src0->name, (long long) ne01, (long long) ne00,
+                   BITNET_TL_SHAPES_DIGEST);
+    }
+    GGML_ASSERT(src1->type == GGML_TYPE_F32);
+    GGML_ASSERT(dst->type == GGML_TYPE_F32);
+    GGML_ASSERT(ne02 == 1 && ne03 == 1);   // a TL tensor is one tiled matrix
+    GGML_ASSERT(ggml_is_contiguous(src0)); // tiles and the scale tail span the whole tensor
+    GGML_ASSERT(nb10 == sizeof(float));
+    GGML_ASSERT(nb0 == sizeof(float));
+    GGML_ASSERT(ne0 == ne01 && ne1 == ne11 && ne2 == ne12 && ne3 == ne13);
+
+    const int64_t K       = ne00;
+    const int64_t M       = ne01;
+    const int64_t n_tok   = ne11 * ne12 * ne13;
+    const int64_t lut_len = bitnet_tl_lut_len(type, t);
+    char * const  wdata   = (char *) params->wdata;
+    float   * const d   = (float *) wdata;
+    int8_t  * const q   = (int8_t *) (wdata + TL_PAD((size_t) n_tok * sizeof(float)));
+    int16_t * const lut = (int16_t *) (wdata + tl_lut_offset(n_tok, K));
+    GGML_ASSERT(params->wsize >= ggml_bitnet_tl_wsize(src0, src1));
+
+    // 1. per token (dealt round robin): int8 activations with the I2_S row scale, then its LUT
+    for (int64_t it = ith; it < n_tok; it += nth) {
+        const int64_t i13 = it / (ne11 * ne12);
+        const int64_t i12 = (it / ne11) % ne12;
+        const int64_t i11 = it % ne11;
+        const float * x = (const float *) ((const char *) src1->data + i11*nb11 + i12*nb12 + i13*nb13);
+        int8_t * qt = q + it * TL_PAD((size_t) K);
+        d[it] = bitnet_tl_quantize_row(x, qt, K);
+        bitnet_tl_build_lut(type, t, qt, lut + it * lut_len);
+    }
+
+    ggml_barrier(params->threadpool);
+
+    // 2. the per-tensor scale from the tensor's own tail (docs/formats.md)
+    const float w_scale = bitnet_tl_scale(type, (const uint8_t *) src0->data, M, K);
+
+    // 3. each thread takes a contiguous range of BM-row tiles, for every token
+    const int64_t n_tiles = M / t->BM;
+    const int64_t tile0 = n_tiles * ith / nth;
+    const int64_t tile1 = n_tiles * (ith + 1) / nth;
+    if (tile0 >= tile1) {
+        return;
+    }
+    for (int64_t i13 = 0; i13 < ne13; i13++) {
+        for (int64_t i12 = 0; i12 < ne12; i12++) {
+            const int64_t first = (i13*ne12 + i12)*ne11;  // first token of this batch slice
+            float * y = (float *) ((char *) dst->data + i12*nb2 + i13*nb3);
+            bitnet_tl_mul_mat(type, t, tile0, tile1, ne11, (const uint8_t *) src0->data, w_scale,
+                              lut + first * lut_len, lut_len, d + first, y,
+                              (int64_t) (nb1 / sizeof(float)));
+        }
+    }
+}

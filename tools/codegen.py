@@ -1,0 +1,248 @@
+"""Generate the TL1/TL2 shape table the runtime kernels are built with.
+
+The TL kernels (kernels/bitnet-tl.c) are generic in the tiling, so what has to be generated per
+model is the list of weight shapes a build serves and the tiles each one was packed with:
+
+    model (GGUF or HF folder) --find_shapes--> {(M, K): [tensor names]}
+        --plan_shapes (default_tiling, the converter's choice)--> [ShapeEntry]
+        --render (kernels/templates/bitnet-tl-shapes.h.in)--> ggml-cpu-bitnet-tl-shapes.h
+
+Tiles come only from `tools.quants.tiling.default_tiling` (single source of truth, never a model
+name). A shape no tiling serves raises ShapeError naming the tensor, why, and which type fits.
+The same input gives the same bytes (no dates, no absolute paths in the output).
+ref: shared/spec/bitnet-formats.md §3.4 (what the fork generated and why it went wrong).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+from bitnet.tools import quants
+from bitnet.tools.errors import InputNotFoundError, ShapeError, UsageError
+from bitnet.tools.fsutil import atomic_output, check_output
+from bitnet.tools.quants.tiling import default_tiling, tiling_problem
+
+TL_TYPES = ("tl1", "tl2")
+TEMPLATE = "bitnet-tl-shapes.h.in"
+#: Where the committed table lives (copied into the llama.cpp tree by tools/build.py OVERLAY).
+HEADER_NAME = "ggml-cpu-bitnet-tl-shapes.h"
+
+#: Shapes of the published BitNet models (numpy (M, K) = (out, in); spec §3.4 / §4.1), plus the
+#: test model of tests/test_tl_e2e.py. The committed header serves these, so a stock build runs
+#: them; any other model is added with `setup_env.py --tl-shapes MODEL`. Used only to list
+#: shapes: the tiles still come from the shape.
+KNOWN_SHAPES: dict[str, tuple[tuple[int, int], ...]] = {
+    "BitNet-b1.58-2B-4T": ((2560, 2560), (640, 2560), (6912, 2560), (2560, 6912)),
+    "bitnet_b1_58-large": ((1536, 4096), (1536, 1536), (4096, 1536)),
+    "bitnet_b1_58-3B": ((3200, 8640), (3200, 3200), (8640, 3200)),
+    "Llama3-8B-1.58-100B-tokens": ((14336, 4096), (4096, 14336), (1024, 4096), (4096, 4096)),
+    "dummy tiny hidden=256 ffn=512": ((256, 256), (128, 256), (512, 256), (256, 512)),
+}
+
+
+@dataclass(frozen=True, order=True)
+class ShapeEntry:
+    """One (type, M, K) the build serves, with its tiles."""
+
+    qtype: str
+    M: int
+    K: int
+    BM: int
+    BK: int
+    bm: int
+
+    @property
+    def three_k(self) -> int:
+        return (self.K // self.BK) * self.BK
+
+    @property
+    def two_k(self) -> int:
+        return self.K - self.three_k
+
+    def to_dict(self) -> dict[str, int | str]:
+        return {"type": self.qtype, "M": self.M, "K": self.K, "BM": self.BM, "BK": self.BK,
+                "bm": self.bm}  # fmt: skip
+
+
+# --- finding shapes ------------------------------------------------------------------------------
+
+
+def find_shapes(source: str | Path) -> dict[tuple[int, int], list[str]]:
+    """Every ternary matrix shape (M, K) of a GGUF file or HF checkpoint folder -> tensor names."""
+    path = Path(source)
+    if path.is_dir():
+        return _hf_shapes(path)
+    if path.is_file():
+        return _gguf_shapes(path)
+    raise InputNotFoundError(
+        f"{path} is neither a GGUF file nor a checkpoint folder.",
+        hint="pass a model.gguf or an HF folder (bitnet download REPO fetches one)",
+    )
+
+
+def _gguf_shapes(path: Path) -> dict[tuple[int, int], list[str]]:
+    from bitnet.tools.gguf import GGUFReader
+
+    shapes: dict[tuple[int, int], list[str]] = {}
+    for info in GGUFReader(path).tensors.values():
+        try:
+            ternary = quants.get(int(info.type_id)).ternary
+        except Exception:  # a type we do not know is not one of ours
+            ternary = False
+        if ternary and len(info.shape) == 2:
+            shapes.setdefault((int(info.shape[0]), int(info.shape[1])), []).append(info.name)
+    if not shapes:
+        raise UsageError(
+            f"{path} has no ternary weights, so there is no TL kernel shape to generate.",
+            hint="pass a ternary GGUF (bitnet convert --outtype i2_s|tl1|tl2) or an HF folder",
+        )
+    return shapes
+
+
+def _hf_shapes(folder: Path) -> dict[tuple[int, int], list[str]]:
+    from bitnet.tools.convert import converter_for
+    from bitnet.tools.safetensors import Checkpoint
+
+    ckpt = Checkpoint(folder)
+    conv = converter_for(ckpt.config)(ckpt, folder.resolve().name)
+    _kv, tensors, _layout = conv.plan("f32", "f32")  # shapes only: f32 holds any shape
+    shapes: dict[tuple[int, int], list[str]] = {}
+    for t in tensors:
+        if t.ternary and len(t.shape) == 2:
+            shapes.setdefault((int(t.shape[0]), int(t.shape[1])), []).append(t.name)
+    return shapes
+
+
+def known_shapes() -> dict[tuple[int, int], list[str]]:
+    """KNOWN_SHAPES as {(M, K): [model names]}."""
+    out: dict[tuple[int, int], list[str]] = {}
+    for model, shapes in KNOWN_SHAPES.items():
+        for s in shapes:
+            out.setdefault(s, []).append(model)
+    return out
+
+
+# --- planning ------------------------------------------------------------------------------------
+
+
+def plan_shapes(
+    shapes: dict[tuple[int, int], list[str]] | Iterable[tuple[int, int]],
+    types: Sequence[str] = TL_TYPES,
+    strict: bool = True,
+) -> list[ShapeEntry]:
+    """Tiles for every (type, shape), sorted. `strict`: a shape a type cannot serve raises
+    ShapeError (naming a tensor, why, and the types that can); otherwise it is skipped."""
+    named = shapes if isinstance(shapes, dict) else {tuple(s): [] for s in shapes}
+    entries: set[ShapeEntry] = set()
+    for qtype in types:
+        if qtype not in TL_TYPES:
+            raise UsageError(f"codegen makes tl1/tl2 kernels, not {qtype!r}.")
+        for (m, k), names in sorted(named.items()):
+            problem = tiling_problem(m, k, qtype)
+            if problem is not None:
+                if not strict:
+                    continue
+                where = f" ({names[0]}{' and others' if len(names) > 1 else ''})" if names else ""
+                raise ShapeError(
+                    f"the ({m}, {k}) weight{where} cannot use {qtype} because {problem}.",
+                    hint=f"convert with --outtype {_fallback(m, k)} instead, which holds it",
+                )
+            t = default_tiling(m, k, qtype)
+            entries.add(ShapeEntry(qtype, m, k, t.BM, t.BK, t.bm))
+    return sorted(entries)
+
+
+def _fallback(m: int, k: int) -> str:
+    """The first ternary type that can hold an (M, K) weight (for error hints)."""
+    for name in ("tl2", "tl1", "i2_s", "tq2_0", "tq1_0"):
+        if quants.get(name).shape_problem((m, k)) is None:
+            return name
+    return "f16"
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+
+def template_path() -> Path:
+    from bitnet import kernels
+
+    return Path(kernels.__file__).resolve().parent / "templates" / TEMPLATE
+
+
+def default_header_path() -> Path:
+    from bitnet import kernels
+
+    return Path(kernels.__file__).resolve().parent / "llama" / HEADER_NAME
+
+
+def _row(e: ShapeEntry) -> str:
+    ctype = "BITNET_TL1" if e.qtype == "tl1" else "BITNET_TL2"
+    split = f"  /* {e.three_k} / {e.two_k} */" if e.qtype == "tl2" else ""
+    return f"    {{{ctype}, {{{e.M:6d}, {e.K:6d}, {e.BM:4d}, {e.BK:4d}, {e.bm:3d}}}}},{split}"
+
+
+def render(entries: Sequence[ShapeEntry], sources: Sequence[str] = ()) -> str:
+    """The header text for `entries` (deterministic: sorted, no dates or absolute paths)."""
+    entries = sorted(set(entries))
+    rows = [_row(e) for e in entries] or ["    {0, {0, 0, 0, 0, 0}},"]
+    digest = hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
+    text = Template(template_path().read_text()).substitute(
+        sources=", ".join(sources) or "(none)",
+        digest=digest,
+        count=len(entries),
+        rows="\n".join(rows),
+    )
+    return text
+
+
+def parse_header(text: str) -> list[ShapeEntry]:
+    """The entries of a generated header (used to check what a build serves)."""
+    import re
+
+    out = []
+    pat = r"\{BITNET_TL([12]), \{\s*(\d+),\s*(\d+),\s*(\d+),\s*(\d+),\s*(\d+)\}\}"
+    for m in re.finditer(pat, text):
+        t, *nums = m.groups()
+        out.append(ShapeEntry(f"tl{t}", *map(int, nums)))
+    return out
+
+
+def _is_generated(path: Path) -> bool:
+    try:
+        return "GENERATED by `bitnet codegen`" in path.read_text(errors="replace")[:400]
+    except OSError:
+        return False
+
+
+def generate(
+    models: Sequence[str | Path] = (),
+    out: str | Path | None = None,
+    types: Sequence[str] = TL_TYPES,
+    include_known: bool = True,
+    force: bool = False,
+) -> tuple[Path, list[ShapeEntry], bool]:
+    """Write the shape table for `models` (+ KNOWN_SHAPES) to `out`; return (path, entries,
+    changed). Every shape of a named model must fit each requested type (else ShapeError);
+    known shapes a type cannot hold are left out for that type. An identical file is left
+    untouched (so builds keyed on its bytes do not rerun)."""
+    out = Path(out) if out else default_header_path()
+    entries: set[ShapeEntry] = set()
+    sources: list[str] = []
+    if include_known:
+        entries |= set(plan_shapes(known_shapes(), types, strict=False))
+        sources.append("known BitNet model shapes (tools/codegen.py KNOWN_SHAPES)")
+    for model in models:
+        entries |= set(plan_shapes(find_shapes(model), types, strict=True))
+        sources.append(Path(model).name)
+    text = render(sorted(entries), sources)
+    if out.is_file() and out.read_text() == text:
+        return out, sorted(entries), False
+    if out.exists() and not _is_generated(out):
+        check_output(out, force)  # someone else's file: only with --force
+    with atomic_output(out, True) as tmp:
+        Path(tmp).write_text(text)
+    return out, sorted(entries), True
