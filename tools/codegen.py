@@ -80,7 +80,7 @@ def find_shapes(source: str | Path) -> dict[tuple[int, int], list[str]]:
         return _gguf_shapes(path)
     raise InputNotFoundError(
         f"{path} is neither a GGUF file nor a checkpoint folder.",
-        hint="pass a model.gguf or an HF folder (bitnet download REPO fetches one)",
+        hint="pass a model.gguf or a Hugging Face checkpoint folder",
     )
 
 

@@ -118,7 +118,49 @@ def _c_ptr(a: np.ndarray) -> ctypes.c_void_p:
     return ctypes.c_void_p(a.ctypes.data)
 
 
-class KernelLib:
+class _PathChoice:
+    """Choosing among the kernel paths of one family in the loaded C library.
+
+    The family's C functions are `<_prefix>_kernel_name()` and `<_prefix>_set_kernel(name)`.
+    """
+
+    _lib: ctypes.CDLL
+    _prefix = "bitnet"
+    _names: tuple[str, ...] = KERNEL_NAMES
+    _what = "kernel path"
+
+    def kernel_name(self) -> str:
+        """The path in use, e.g. "scalar", "avx2", "avx512vnni", "neon" or "neon-dotprod"."""
+        return getattr(self._lib, f"{self._prefix}_kernel_name")().decode()
+
+    def set_kernel(self, name: str | None) -> bool:
+        """Force a path (None or "auto": the best one); False if it cannot run here."""
+        arg = None if name is None else name.encode()
+        return bool(getattr(self._lib, f"{self._prefix}_set_kernel")(arg))
+
+    def available(self) -> list[str]:
+        """The paths this library has and this CPU can run (in `_names` order)."""
+        current = self.kernel_name()
+        names = [n for n in self._names if self.set_kernel(n)]
+        self.set_kernel(current)
+        return names
+
+    @contextlib.contextmanager
+    def use(self, name: str) -> Iterator[None]:
+        """Run the block with path `name`; raises UsageError if it is unavailable here."""
+        previous = self.kernel_name()
+        if not self.set_kernel(name):
+            raise UsageError(
+                f"{self._what} {name!r} is not available on this CPU or in this build.",
+                hint=f"choose one of {', '.join(self.available())}",
+            )
+        try:
+            yield
+        finally:
+            self.set_kernel(previous)
+
+
+class KernelLib(_PathChoice):
     """The loaded library with NumPy-friendly wrappers of `kernels/bitnet-kernels.h`."""
 
     def __init__(self, path: Path) -> None:
@@ -134,36 +176,6 @@ class KernelLib:
         self._lib.bitnet_set_kernel.argtypes = [ctypes.c_char_p]
         self._lib.bitnet_set_kernel.restype = ctypes.c_int
         _declare_tl(self._lib)
-
-    # --- path selection ---------------------------------------------------------------------
-    def kernel_name(self) -> str:
-        """The path in use: "scalar", "avx2", "avx512vnni", "neon" or "neon-dotprod"."""
-        return self._lib.bitnet_kernel_name().decode()
-
-    def set_kernel(self, name: str | None) -> bool:
-        """Force a path (None or "auto": the best one); False if it cannot run here."""
-        return bool(self._lib.bitnet_set_kernel(None if name is None else name.encode()))
-
-    def available(self) -> list[str]:
-        """The paths this library has and this CPU can run (in KERNEL_NAMES order)."""
-        current = self.kernel_name()
-        names = [n for n in KERNEL_NAMES if self.set_kernel(n)]
-        self.set_kernel(current)
-        return names
-
-    @contextlib.contextmanager
-    def use(self, name: str) -> Iterator[None]:
-        """Run the block with path `name`; raises UsageError if it is unavailable here."""
-        previous = self.kernel_name()
-        if not self.set_kernel(name):
-            raise UsageError(
-                f"kernel path {name!r} is not available on this CPU or in this build.",
-                hint=f"choose one of {', '.join(self.available())}",
-            )
-        try:
-            yield
-        finally:
-            self.set_kernel(previous)
 
     # --- the kernels ------------------------------------------------------------------------
     def quantize_rows(self, x: np.ndarray) -> np.ndarray:
@@ -269,13 +281,17 @@ def _declare_tl(lib: ctypes.CDLL) -> None:
         fn.restype = res
 
 
-class TLKernels:
+class TLKernels(_PathChoice):
     """NumPy wrappers of the TL1/TL2 kernels (`kernels/bitnet-tl.h`) of a loaded library.
 
-        tl = kernels_lib.load().tl
-        q, d = tl.quantize_rows(x)                        # (nt, K) int8, (nt,) float32
-        y = tl.mul_mat("tl2", packed, (M, K), q, d)       # (nt, M) float32, scale from the tail
+    tl = kernels_lib.load().tl
+    q, d = tl.quantize_rows(x)                        # (nt, K) int8, (nt,) float32
+    y = tl.mul_mat("tl2", packed, (M, K), q, d)       # (nt, M) float32, scale from the tail
     """
+
+    _prefix = "bitnet_tl"
+    _names = TL_KERNEL_NAMES
+    _what = "TL kernel path"
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         self._lib = lib
@@ -287,32 +303,6 @@ class TLKernels:
 
         t = default_tiling(m, k, qtype)
         return TLTiling(m, k, t.BM, t.BK, t.bm)
-
-    def kernel_name(self) -> str:
-        return self._lib.bitnet_tl_kernel_name().decode()
-
-    def set_kernel(self, name: str | None) -> bool:
-        return bool(self._lib.bitnet_tl_set_kernel(None if name is None else name.encode()))
-
-    def available(self) -> list[str]:
-        current = self.kernel_name()
-        names = [n for n in TL_KERNEL_NAMES if self.set_kernel(n)]
-        self.set_kernel(current)
-        return names
-
-    @contextlib.contextmanager
-    def use(self, name: str) -> Iterator[None]:
-        """Run the block with TL lookup path `name`; UsageError if unavailable here."""
-        previous = self.kernel_name()
-        if not self.set_kernel(name):
-            raise UsageError(
-                f"TL kernel path {name!r} is not available on this CPU or in this build.",
-                hint=f"choose one of {', '.join(self.available())}",
-            )
-        try:
-            yield
-        finally:
-            self.set_kernel(previous)
 
     def valid(self, qtype: str, t: TLTiling) -> bool:
         return bool(self._lib.bitnet_tl_tiling_valid(TL_TYPES[qtype], ctypes.byref(t)))
