@@ -37,6 +37,18 @@ void bitnet_i2s_mul_mat(int64_t k, int64_t nr, int64_t nt, const uint8_t *w, flo
 const char *bitnet_kernel_name(void);        /* "scalar", "avx2", "avx512vnni", "neon", "neon-dotprod" */
 int bitnet_set_kernel(const char *name);      /* force a path (tests); returns 0 if unavailable here */
 
+/* --- F16 weights x F32 activations, few tokens (the tied F16 output head in decode) -------------
+   Implemented in bitnet-f16.c (fast-kernels §1 "The head"). y[t*y_stride + r] = Σ_i f32(w[r*w_stride + i])
+   * x[t*x_stride + i] for rows r in [0,nr), tokens t in [0,nt); strides in elements. The halves are
+   widened exactly to f32 and the activations stay f32 (upstream ggml rounds them to f16 first), summed
+   in f32 with FMA in a path-dependent order: NOT bit-exact across paths (relative error ~ k * 2^-24 of
+   Σ|w·x|). Streams the weights once per 4 (AVX-512) / 2 (AVX2) tokens: meant for nt <= 4. */
+void bitnet_f16_mul_mat(int64_t k, int64_t nr, int64_t nt, const uint16_t *w, int64_t w_stride,
+                        const float *x, int64_t x_stride, float *y, int64_t y_stride);
+float bitnet_f16_to_f32(uint16_t h);          /* exact IEEE half -> float (scalar) */
+const char *bitnet_f16_kernel_name(void);    /* "avx512", "avx2" (F16C+FMA) or "scalar" */
+int bitnet_f16_set_kernel(const char *name);  /* force a path (tests); 0 if unavailable; NULL/"auto" = best */
+
 #ifdef __cplusplus
 }
 #endif

@@ -7,6 +7,8 @@
 
 #include "ggml.h"
 
+#include <stdbool.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -17,6 +19,12 @@ struct ggml_compute_params;
 // Needs params->wdata of ggml_row_size(GGML_TYPE_I8_S, ggml_nelements(src1)) bytes, which
 // ggml_graph_plan reserves because I2_S's vec_dot_type is I8_S.
 void ggml_compute_forward_mul_mat_i2s(const struct ggml_compute_params * params, struct ggml_tensor * dst);
+
+// dst = src0 (F16, 2-D weight [K, M]) x src1 (F32, [K, N]) for N <= 4 tokens (the tied F16 output head in
+// decode) through bitnet_f16_mul_mat, rows split evenly across threads. Returns false, having done nothing,
+// when the node is not of that shape or the CPU has no SIMD path for it (every thread gets the same answer);
+// ggml's own F16 path then runs. Needs no work buffer.
+bool ggml_compute_forward_mul_mat_f16_bitnet(const struct ggml_compute_params * params, struct ggml_tensor * dst);
 
 #ifdef __cplusplus
 }
