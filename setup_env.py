@@ -163,9 +163,11 @@ def stage2(args: argparse.Namespace) -> int:
 
     plan = None
     try:
-        plan = B.plan_build(B.BuildOptions(
+        plan = B.plan_build(
+            B.BuildOptions(
                 cpu=args.cpu, jobs=args.jobs, force=args.force, tl_shapes=tuple(args.tl_shapes)
-            ))
+            )
+        )
         if args.dry_run:
             for line in B.describe(plan):
                 out.data(line)

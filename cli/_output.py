@@ -79,9 +79,7 @@ def error(message: str, hint: str | None = None) -> None:
             sys.stderr.write(f"try: {hint}\n")
 
 
-def table(
-    columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None
-) -> None:
+def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> None:
     """A table of data to stdout: Rich on a terminal, tab-separated text otherwise."""
     _refresh_streams()
     if stdout.is_terminal:
