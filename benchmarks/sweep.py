@@ -258,6 +258,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     sizes, types, threads = _order(results)
     any_rep = next(e["report"] for e in results.values() if e.get("report"))
     method = any_rep["energy_model"]["method"]
+    sizes_b = sorted({round(_params(results, s) / 1e9, 2) for s in sizes})
     fig, axes = plt.subplots(3, len(threads), figsize=(5 * len(threads), 11), squeeze=False)
     rows = [("pp", "prompt tokens/s"), ("tg", "generated tokens/s"),
             ("J", f"J per generated token ({method})")]  # fmt: skip
@@ -278,6 +279,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
                     ax.plot(xs, ys, marker="o", label=t.upper())
             ax.set_xscale("log")
             ax.set_yscale("log")
+            # label the measured sizes only: log-axis minor labels overlap on a short range
+            ax.set_xticks(sizes_b, [f"{x:g}" for x in sizes_b])
+            ax.xaxis.set_minor_formatter(plt.NullFormatter())
             ax.set_title(f"{label}, {th} thread(s)", fontsize=10)
             ax.set_xlabel("parameters (billions)")
             ax.grid(alpha=0.3, which="both")
