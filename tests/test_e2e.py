@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from native_helpers import binary as _binary
 from typer.testing import CliRunner
 
 from bitnet.cli.app import app
-from bitnet.tools import build as B
-from bitnet.tools.errors import BuildError
 from bitnet.tools.gguf import GGUFReader, GGUFWriter
 from bitnet.tools.hf_tokenizer import byte_to_unicode
 from bitnet.tools.reference import ReferenceModel
@@ -32,13 +31,6 @@ PROMPT = "Once upon a time there was"
 N_NEW = 16
 MARGIN = 2e-3  # of max|logit|, for I2_S against the reference
 MARGIN_OTHER_TYPE = 0.05  # TQ2_0 (fp16 scale, Q8_K activations) and F16 (float activations)
-
-
-def _binary(name: str) -> Path:
-    try:
-        return B.find_binary(name)
-    except BuildError:
-        pytest.skip(f"no llama.cpp build with {name}: run python setup_env.py")
 
 
 def _cli(*args: str) -> str:

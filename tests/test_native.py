@@ -14,21 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from native_helpers import binary as _binary
 
-from bitnet.tools import build as B
 from bitnet.tools.constants import GGML_TYPE_COUNT, QK_I2_S, GGMLType, LlamaFileType
-from bitnet.tools.errors import BuildError
 
 pytestmark = pytest.mark.native
 
 TIMEOUT = 300
-
-
-def _binary(name: str) -> Path:
-    try:
-        return B.find_binary(name)
-    except BuildError:
-        pytest.skip(f"no llama.cpp build with {name}: run python setup_env.py")
 
 
 @pytest.fixture(scope="module")

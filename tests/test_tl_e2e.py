@@ -15,21 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from bitnet.tools import build as B
-from bitnet.tools.errors import BuildError
+from native_helpers import binary as _binary
 
 pytestmark = pytest.mark.native
 
 IDS = [1, 17, 42, 7, 300, 5, 99, 256, 3, 64, 12, 480]
 TIMEOUT = 300
-
-
-def _binary(name: str) -> Path:
-    try:
-        return B.find_binary(name)
-    except BuildError:
-        pytest.skip(f"no llama.cpp build with {name}: run python setup_env.py")
 
 
 def _run(cmd: list) -> subprocess.CompletedProcess:
