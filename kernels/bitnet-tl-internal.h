@@ -22,6 +22,9 @@ typedef void (*bitnet_tl_tile_fn)(const bitnet_tl_tiling *t, int64_t i0, int64_t
 void bitnet_tl_write_out(const int32_t *acc, int64_t bm_tile, int64_t row0, int64_t nc,
                          const float *d, float w_scale, float *y, int64_t y_stride);
 
+/* The AVX2 TL2 lookups live in bitnet-tl-avx2.c (x86, selected at run time). */
+#define BITNET_TL_AVX2_READY 1
+
 #if (defined(__x86_64__) || defined(__i386__)) && !defined(BITNET_NO_SIMD) && \
     ((defined(__clang__) && __clang_major__ >= 7) || (!defined(__clang__) && __GNUC__ >= 8)) && \
     defined(BITNET_TL_AVX2_READY)

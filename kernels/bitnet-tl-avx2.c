@@ -1,0 +1,128 @@
+/*
+ * bitnet-tl-avx2.c — TL2 table lookups with AVX2 (`vpshufb` on LUT byte planes), for x86.
+ *
+ * Same contract and results as tl2_tile_scalar in bitnet-tl.c (bit for bit: the integer sums are
+ * exact). Sources: docs/formats.md "TL2" (byte orders), shared/spec/bitnet-formats.md §3.2.
+ *
+ * LUT planes: a slot is 16 int16 entries; per K-tile its slots are split into a low-byte plane
+ *   and a high-byte plane (16 bytes each, copied to both 128-bit lanes), so one `vpshufb` of 32
+ *   nibbles fetches the low (or high) bytes of 32 rows' entries. `vpunpcklbw`/`vpunpckhbw` of
+ *   the two results rebuild int16 entries; because of the stored chunk order (rows 0-7, 16-23,
+ *   8-15, 24-31) unpacklo gives rows 0-15 in order and unpackhi rows 16-31.
+ * Signs: word j of a 32 x 24 block holds, at bit 15 - (2g + h), the sign of group g of row
+ *   16h + j; shifting the 16 words left brings that bit to bit 15, and `vpsignw(x, word | 1)`
+ *   negates exactly the entries whose bit is set.
+ * Accumulation: |entry| <= 3 * 128 = 384 per group, so one BK-column tile (BK <= 192, checked by
+ *   bitnet_tl_tiling_valid) sums to at most 128 * 192 = 24576 < 32767 in int16; the two-part
+ *   section is widened after every 32 columns (<= 4096). Then int16 -> int32 into acc.
+ * Tokens: each token runs the same loops (weights of a BM tile stay in cache between tokens).
+ */
+#include "bitnet-tl-internal.h"
+
+#ifdef BITNET_TL_HAVE_AVX2
+
+#include <immintrin.h>
+
+#define TARGET __attribute__((target("avx2")))
+#define INLINE static inline __attribute__((always_inline))
+
+#define MAX_SLOTS 64 /* BK / 3 <= 64 for BK <= 192; the two-part uses 16 per 32 columns */
+
+/* Slots s0 .. s0+n of one token's LUT -> planes[2*i] (low bytes), planes[2*i+1] (high bytes). */
+TARGET INLINE void make_planes(const int16_t *lut, int64_t s0, int n, __m256i *planes) {
+    const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                           0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    for (int i = 0; i < n; i++) {
+        __m256i x = _mm256_loadu_si256((const __m256i *)(lut + (s0 + i) * 16));
+        x = _mm256_shuffle_epi8(x, split);         /* per lane: 8 low bytes, 8 high bytes */
+        x = _mm256_permute4x64_epi64(x, 0xD8);     /* low plane | high plane */
+        planes[2 * i] = _mm256_permute2x128_si256(x, x, 0x00);
+        planes[2 * i + 1] = _mm256_permute2x128_si256(x, x, 0x11);
+    }
+}
+
+/* int16 entries of one slot for the 32 rows of nibbles `nib`: *r0 rows 0-15, *r1 rows 16-31. */
+TARGET INLINE void lookup(const __m256i *pl, __m256i nib, __m256i *r0, __m256i *r1) {
+    const __m256i lo = _mm256_shuffle_epi8(pl[0], nib), hi = _mm256_shuffle_epi8(pl[1], nib);
+    *r0 = _mm256_unpacklo_epi8(lo, hi);
+    *r1 = _mm256_unpackhi_epi8(lo, hi);
+}
+
+/* acc[0..31] += the int16 sums of rows 0-15 (a) and 16-31 (b). */
+TARGET INLINE void widen_add(int32_t *acc, __m256i a, __m256i b) {
+    __m256i *p = (__m256i *)acc;
+    const __m256i v0 = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(a));
+    const __m256i v1 = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(a, 1));
+    const __m256i v2 = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(b));
+    const __m256i v3 = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(b, 1));
+    _mm256_storeu_si256(p, _mm256_add_epi32(_mm256_loadu_si256(p), v0));
+    _mm256_storeu_si256(p + 1, _mm256_add_epi32(_mm256_loadu_si256(p + 1), v1));
+    _mm256_storeu_si256(p + 2, _mm256_add_epi32(_mm256_loadu_si256(p + 2), v2));
+    _mm256_storeu_si256(p + 3, _mm256_add_epi32(_mm256_loadu_si256(p + 3), v3));
+}
+
+/* One token: acc[row] (BM int32) += the TL2 dot products of BM-tile i0. */
+TARGET static void tl2_token(const bitnet_tl_tiling *t, int64_t i0, const uint8_t *w,
+                             const int16_t *lut, int32_t *acc) {
+    const int64_t M = t->M, BM = t->BM, BK = t->BK, K = t->K;
+    const int64_t nkt = K / BK, three_k = nkt * BK, two_k = K - three_k, n3 = three_k / 3;
+    const uint8_t *idx = w, *sign = w + M * three_k / 6, *two = sign + M * three_k / 24;
+    const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi16(1);
+    __m256i planes[2 * MAX_SLOTS];
+
+    /* three-part: index bytes [BM/32][BK/6][32 rows], sign words per [BM/32][BK/24] block */
+    for (int64_t i1 = 0; i1 < nkt; i1++) {
+        make_planes(lut, i1 * BK / 3, (int)(BK / 3), planes);
+        const uint8_t *pi = idx + (i0 * nkt + i1) * (BM * BK / 6);
+        const uint8_t *ps = sign + (i0 * nkt + i1) * (BM * BK / 24);
+        for (int64_t i2 = 0; i2 < BM / 32; i2++) {
+            __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+            for (int64_t i4 = 0; i4 < BK / 24; i4++, ps += 32) {
+                __m256i wd = _mm256_loadu_si256((const __m256i *)ps); /* lane j = word j */
+                const __m256i *pl = planes + 2 * 8 * i4;
+                for (int qq = 0; qq < 4; qq++, pi += 32, pl += 4, wd = _mm256_slli_epi16(wd, 4)) {
+                    const __m256i v = _mm256_loadu_si256((const __m256i *)pi);
+                    const __m256i nh = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                    const __m256i nl = _mm256_and_si256(v, m4);
+                    __m256i a0, a1, b0, b1;
+                    lookup(pl, nh, &a0, &a1);     /* group 2qq: sign bits 15-4qq (h 0), -1 (h 1) */
+                    lookup(pl + 2, nl, &b0, &b1); /* group 2qq+1: bits 15-4qq-2, -3 */
+                    a0 = _mm256_sign_epi16(a0, _mm256_or_si256(wd, one));
+                    a1 = _mm256_sign_epi16(a1, _mm256_or_si256(_mm256_slli_epi16(wd, 1), one));
+                    b0 = _mm256_sign_epi16(b0, _mm256_or_si256(_mm256_slli_epi16(wd, 2), one));
+                    b1 = _mm256_sign_epi16(b1, _mm256_or_si256(_mm256_slli_epi16(wd, 3), one));
+                    s0 = _mm256_add_epi16(s0, _mm256_add_epi16(a0, b0));
+                    s1 = _mm256_add_epi16(s1, _mm256_add_epi16(a1, b1));
+                }
+            }
+            widen_add(acc + i2 * 32, s0, s1);
+        }
+    }
+    /* two-part: TL1 pair codes, [two_k/32][BM/32][8][32 rows] per BM tile, no signs */
+    const int64_t nk2 = two_k / 32;
+    for (int64_t j1 = 0; j1 < nk2; j1++) {
+        make_planes(lut, n3 + j1 * 16, 16, planes);
+        const uint8_t *pt = two + (i0 * nk2 + j1) * (BM * 8);
+        for (int64_t i2 = 0; i2 < BM / 32; i2++) {
+            __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+            for (int qq = 0; qq < 8; qq++, pt += 32) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)pt);
+                __m256i a0, a1, b0, b1;
+                lookup(planes + 4 * qq, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), &a0, &a1);
+                lookup(planes + 4 * qq + 2, _mm256_and_si256(v, m4), &b0, &b1);
+                s0 = _mm256_add_epi16(s0, _mm256_add_epi16(a0, b0));
+                s1 = _mm256_add_epi16(s1, _mm256_add_epi16(a1, b1));
+            }
+            widen_add(acc + i2 * 32, s0, s1);
+        }
+    }
+}
+
+void bitnet_tl2_tile_avx2(const bitnet_tl_tiling *t, int64_t i0, int64_t nc, const uint8_t *w,
+                          const int16_t *lut, int64_t lut_stride, int32_t *acc) {
+    for (int64_t c = 0; c < nc; c++) tl2_token(t, i0, w, lut + c * lut_stride, acc + c * t->BM);
+}
+
+#else
+typedef int bitnet_tl_avx2_unused; /* ISO C: a translation unit is never empty */
+#endif /* BITNET_TL_HAVE_AVX2 */
