@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from arm_helpers import cross_build, qemu
 
 from bitnet.tools import kernels_lib, quants
 from bitnet.tools.constants import QK_I2_S
@@ -360,23 +361,7 @@ def test_build_reports_compile_failure(tmp_path: Path) -> None:
 
 # Reads inputs from files, writes the quantized activations and y (see _run_neon).
 NEON_DRIVER = r"""
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include "bitnet-kernels.h"
-static void *slurp(const char *path, size_t n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) exit(4);
-    void *p = malloc(n ? n : 1);
-    if (fread(p, 1, n, f) != n) exit(5);
-    fclose(f);
-    return p;
-}
-static void spill(const char *path, const void *p, size_t n) {
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(p, 1, n, f) != n) exit(6);
-    fclose(f);
-}
 int main(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "--name") == 0) { puts(bitnet_kernel_name()); return 0; }
     if (argc == 3 && strcmp(argv[1], "--has") == 0) return bitnet_set_kernel(argv[2]) ? 0 : 1;
@@ -396,54 +381,20 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
-CROSS_CC = "aarch64-linux-gnu-gcc"
-QEMU = "qemu-aarch64"
 
 
 @pytest.fixture(scope="module")
 def neon_driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    missing = [t for t in (CROSS_CC, QEMU) if shutil.which(t) is None]
-    if missing:
-        pytest.skip(
-            f"{' and '.join(missing)} not installed (apt-get install gcc-aarch64-linux-gnu"
-            " qemu-user) — NEON paths not tested"
-        )
     d = tmp_path_factory.mktemp("neon")
-    (d / "driver.c").write_text(NEON_DRIVER)
-    exe = d / "driver"
-    cmd = [
-        CROSS_CC,
-        "-O2",
-        "-std=c11",
-        "-static",
-        f"-I{kernels_lib.kernels_dir()}",
-        str(d / "driver.c"),
-        *map(str, kernels_lib.sources()),
-        "-o",
-        str(exe),
-        "-lm",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stderr
-    return exe
-
-
-def _qemu(exe: Path, *args: str, cpu: str = "max") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [QEMU, "-cpu", cpu, str(exe), *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    return cross_build(d, NEON_DRIVER, kernels_lib.sources(), "NEON paths")
 
 
 def test_neon_dispatch(neon_driver: Path) -> None:
-    assert _qemu(neon_driver, "--name").stdout.strip() == "neon-dotprod"
+    assert qemu(neon_driver, "--name").stdout.strip() == "neon-dotprod"
     # a CPU without the dot-product extension falls back at run time (hwcaps)
-    assert _qemu(neon_driver, "--name", cpu="cortex-a53").stdout.strip() == "neon"
-    assert _qemu(neon_driver, "--has", "neon-dotprod", cpu="cortex-a53").returncode == 1
-    assert _qemu(neon_driver, "--has", "avx2").returncode == 1
+    assert qemu(neon_driver, "--name", cpu="cortex-a53").stdout.strip() == "neon"
+    assert qemu(neon_driver, "--has", "neon-dotprod", cpu="cortex-a53").returncode == 1
+    assert qemu(neon_driver, "--has", "avx2").returncode == 1
 
 
 @pytest.mark.parametrize("name", ["neon", "neon-dotprod", "scalar"])
@@ -472,7 +423,7 @@ def test_neon_paths_bit_exact(neon_driver: Path, tmp_path: Path, name: str) -> N
             str(tmp_path / "a.bin"),
             str(tmp_path / "y.bin"),
         ]
-        proc = _qemu(neon_driver, *args)
+        proc = qemu(neon_driver, *args)
         assert proc.returncode == 0, (proc.returncode, proc.stderr)
         acts = np.fromfile(tmp_path / "a.bin", dtype=BLOCK).reshape(nt, k // QK)
         y = np.fromfile(tmp_path / "y.bin", dtype=np.float32).reshape(nt, nr)

@@ -8,12 +8,11 @@ come from `default_tiling`. The ARM side of TL1 runs under qemu-user at the end 
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from arm_helpers import cross_build, qemu
 
 from bitnet.tools import kernels_lib, quants
 
@@ -203,17 +202,7 @@ def test_tl_equals_i2s_bit_exact(tl, qtype: str, nt: int) -> None:
 # --- TL1 (and TL2) on ARM under qemu-user -----------------------------------------------------
 
 TL_DRIVER = r"""
-#include <stdio.h>
-#include <stdlib.h>
 #include "bitnet-tl.h"
-static void *slurp(const char *path, size_t n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) exit(4);
-    void *p = malloc(n ? n : 1);
-    if (fread(p, 1, n, f) != n) exit(5);
-    fclose(f);
-    return p;
-}
 int main(int argc, char **argv) {
     /* type M K BM BK bm nt weights.bin x.bin y.bin */
     if (argc != 11) return 2;
@@ -240,32 +229,13 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
-CROSS_CC = "aarch64-linux-gnu-gcc"
-QEMU = "qemu-aarch64"
 
 
 @pytest.fixture(scope="module")
 def arm_driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    missing = [t for t in (CROSS_CC, QEMU) if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"{' and '.join(missing)} not installed — TL kernels not tested on ARM")
     d = tmp_path_factory.mktemp("tl-arm")
-    (d / "driver.c").write_text(TL_DRIVER)
-    exe = d / "driver"
-    kdir = kernels_lib.kernels_dir()
-    srcs = sorted(kdir.glob("bitnet-tl*.c"))
-    cmd = [
-        CROSS_CC,
-        "-O2",
-        "-std=c11",
-        "-static",
-        f"-I{kdir}",
-        str(d / "driver.c"),
-        *map(str, srcs),
-    ]
-    proc = subprocess.run([*cmd, "-o", str(exe), "-lm"], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return exe
+    srcs = sorted(kernels_lib.kernels_dir().glob("bitnet-tl*.c"))
+    return cross_build(d, TL_DRIVER, srcs, "TL kernels on ARM")
 
 
 @pytest.mark.parametrize("cpu", ["max", "cortex-a53"])  # with and without dotprod
@@ -284,11 +254,7 @@ def test_arm_qemu_bit_exact(arm_driver: Path, tmp_path: Path, cpu: str, qtype, s
     t = kernels_lib.TLKernels.tiling(qtype, m, k)
     args = [kernels_lib.TL_TYPES[qtype], m, k, t.BM, t.BK, t.bm, nt]
     files = [tmp_path / "w.bin", tmp_path / "x.bin", tmp_path / "y.bin"]
-    proc = subprocess.run(
-        [QEMU, "-cpu", cpu, str(arm_driver), *map(str, args), *map(str, files)],
-        capture_output=True,
-        timeout=120,
-    )
+    proc = qemu(arm_driver, *args, *files, cpu=cpu)
     assert proc.returncode == 0, proc.stderr
     y = np.fromfile(tmp_path / "y.bin", dtype=np.float32).reshape(nt, m)
     q, d = ref_quantize_tl(x)
