@@ -208,9 +208,11 @@ static void tl2_tile_scalar(const bitnet_tl_tiling *t, int64_t i0, int64_t nc, c
  * Dispatcher
  * ============================================================================================ */
 
+/* One lookup path: its TL1 and TL2 tile functions (a path may reuse the portable one for the
+ * type it does not specialise) and whether this CPU can run it. */
 typedef struct {
     const char *name;
-    bitnet_tl_tile_fn tl2;
+    bitnet_tl_tile_fn tl1, tl2;
     int (*usable)(void);
 } tl_kernel;
 
@@ -221,9 +223,9 @@ static int cpu_avx2(void) { return __builtin_cpu_supports("avx2"); }
 
 static const tl_kernel TL_KERNELS[] = {
 #ifdef BITNET_TL_HAVE_AVX2
-    {"avx2", bitnet_tl2_tile_avx2, cpu_avx2},
+    {"avx2", tl1_tile, bitnet_tl2_tile_avx2, cpu_avx2},
 #endif
-    {"scalar", tl2_tile_scalar, always},
+    {"scalar", tl1_tile, tl2_tile_scalar, always},
 };
 #define N_TL_KERNELS (sizeof TL_KERNELS / sizeof TL_KERNELS[0])
 
@@ -271,16 +273,14 @@ void bitnet_tl_mul_mat(int type, const bitnet_tl_tiling *t, int64_t tile0, int64
                        int64_t lut_stride, const float *d, float *y, int64_t y_stride) {
     const int64_t BM = t->BM;
     int32_t acc[BITNET_TL_NT_CHUNK * BITNET_TL_MAX_BM];
-    const bitnet_tl_tile_fn tl2 = tl_kernel_now()->tl2;
+    const tl_kernel *kern = tl_kernel_now();
+    const bitnet_tl_tile_fn tile = type == BITNET_TL1 ? kern->tl1 : kern->tl2;
     for (int64_t i0 = tile0; i0 < tile1; i0++) {
         for (int64_t j0 = 0; j0 < nt; j0 += BITNET_TL_NT_CHUNK) {
             const int64_t nc = nt - j0 < BITNET_TL_NT_CHUNK ? nt - j0 : BITNET_TL_NT_CHUNK;
             memset(acc, 0, sizeof(int32_t) * (size_t)(nc * BM));
             const int16_t *lj = lut + j0 * lut_stride;
-            if (type == BITNET_TL1)
-                tl1_tile(t, i0, nc, w, lj, lut_stride, acc);
-            else
-                tl2(t, i0, nc, w, lj, lut_stride, acc);
+            tile(t, i0, nc, w, lj, lut_stride, acc);
             bitnet_tl_write_out(acc, BM, i0 * BM, nc, d + j0, w_scale, y + j0 * y_stride,
                                 y_stride);
         }

@@ -74,7 +74,8 @@ void bitnet_tl_mul_mat(int type, const bitnet_tl_tiling *t, int64_t tile0, int64
                        int64_t nt, const uint8_t *w, float w_scale, const int16_t *lut,
                        int64_t lut_stride, const float *d, float *y, int64_t y_stride);
 
-/* Path in use for TL2 lookups: "scalar" or "avx2"; force one with bitnet_tl_set_kernel (tests).
+/* Path in use for TL lookups ("scalar", "avx2", ...: each names its TL1 and TL2 functions, a
+ * path may keep the portable one for a type); force one with bitnet_tl_set_kernel (tests).
  * Returns 0 if the named path is unavailable here; NULL or "auto" picks the best. */
 const char *bitnet_tl_kernel_name(void);
 int bitnet_tl_set_kernel(const char *name);
