@@ -59,6 +59,13 @@ def convert(
         typer.Option("--dry-run", help="Print every tensor (type, shape, bytes); write nothing."),
     ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print plan/result as JSON.")] = False,
+    build: Annotated[
+        bool,
+        typer.Option(
+            "--build/--no-build",
+            help="tl1/tl2: rebuild llama.cpp if it lacks kernels for the model's shapes.",
+        ),
+    ] = True,
 ) -> None:
     """Convert a BitNet b1.58 checkpoint to GGUF (I2_S by default), streaming tensor by tensor."""
     from bitnet.tools import hub
@@ -81,11 +88,29 @@ def convert(
         result = convert_checkpoint(
             folder, output, outtype, embedding_type, force=force, progress=cb, name=name
         )
+    kernels = _tl_kernels(result.path) if build and outtype.lower() in ("tl1", "tl2") else None
     if json_out:
-        out.emit_json(result.to_dict())
+        out.emit_json(result.to_dict() | ({"tl_kernels": kernels} if kernels else {}))
     else:
         out.info(
             f"wrote {result.path} ({out.human_bytes(result.bytes_written)}, "
             f"{len(result.plan.tensors)} tensors, {result.seconds:.1f} s)"
         )
         out.info(f"next: bitnet inspect {result.path}")
+
+
+def _tl_kernels(model: Path) -> dict:
+    """Make the llama.cpp builds serve the TL shapes of `model` (rebuild only if one lacks them)."""
+    from bitnet.tools import build as B
+
+    with out.progress("building TL kernels for the model's shapes") as cb:
+        check = B.ensure_tl_kernels(model, progress=cb)
+    for d in check.rebuilt:
+        out.info(f"rebuilt {d} with TL kernels for {len(check.needed)} weight shapes")
+    if not check.rebuilt and not check.up_to_date:
+        out.info("no llama.cpp build yet: the next `python setup_env.py` builds the TL kernels")
+    return {
+        "shapes": sorted(list(s) for s in check.needed),
+        "rebuilt": [str(d) for d in check.rebuilt],
+        "up_to_date": [str(d) for d in check.up_to_date],
+    }

@@ -52,6 +52,13 @@ def test_ggml_type_ids_match_constants(source_tree):
     assert ids["COUNT"] == GGML_TYPE_COUNT
 
 
+def test_llama_file_types_match_constants(source_tree):
+    header = (source_tree / "include" / "llama.h").read_text()
+    ids = dict(re.findall(r"^\s*LLAMA_FTYPE_MOSTLY_(\w+)\s*=\s*(\d+),", header, re.M))
+    for t in (LlamaFileType.MOSTLY_I2_S, LlamaFileType.MOSTLY_TL1, LlamaFileType.MOSTLY_TL2):
+        assert int(ids.get(t.name.removeprefix("MOSTLY_"), -1)) == t.value, f"LLAMA_FTYPE_{t.name}"
+
+
 def _traits(ggml_c: str, name: str) -> tuple[int, int]:
     m = re.search(
         rf"\[GGML_TYPE_{name}\] = \{{.*?\.blck_size\s*=\s*(\d+),.*?\.type_size\s*=\s*(\d+),",

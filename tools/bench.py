@@ -37,7 +37,7 @@ from typing import Any
 
 from . import energy as E
 from .bandwidth import Bandwidth, Traffic, bound_tokens_per_second, measure_read_bandwidth
-from .build import find_binary
+from .build import check_tl_served, ensure_tl_kernels, find_binary
 from .errors import (
     BitnetError,
     BuildError,
@@ -55,11 +55,6 @@ SCHEMA_ID = "bitnet-bench/1"
 
 #: Types `--compare` converts to by default (q4_0 via llama-quantize from the f16 file).
 COMPARE_TYPES = ("i2_s", "tq1_0", "tq2_0", "q4_0", "f16", "tl2")
-#: Types that convert but that the runtime cannot run yet: skipped with this reason.
-NOT_RUNNABLE = {
-    "tl1": "the runtime cannot run TL1 yet (its LUT kernels are not built into llama.cpp)",
-    "tl2": "the runtime cannot run TL2 yet (its LUT kernels are not built into llama.cpp)",
-}
 #: Types made by llama-quantize from the f16 conversion: our type name -> llama-quantize's.
 QUANTIZE_TYPES = {"q4_0": "Q4_0"}
 
@@ -652,6 +647,8 @@ def run_bench(
         names = ", ".join(sorted({i.type.lower() for i in infos} | {i.name for i in infos}))
         raise UsageError(f"--baseline {baseline} names none of the models ({names}).")
     binary = find_binary("llama-bench")
+    for info in infos:
+        check_tl_served(info.path, binary)
     meter, emodel = E.choose_meter(
         opts.energy, opts.powercap_root, opts.cpu_watts, opts.dram_pj_per_byte
     )
@@ -867,7 +864,8 @@ def prepare_compare(
     """Convert `checkpoint` to each of `types` (reusing earlier conversions in the cache).
 
     Returns (models to bench, skipped types with the reason). A type that cannot hold the
-    model's shapes, or that the runtime cannot run, is skipped — not an error.
+    model's shapes is skipped — not an error. TL1/TL2 conversions get their kernels built in
+    first (only when the build lacks the model's shapes).
     """
     from .convert import OUTTYPES, convert_checkpoint
 
@@ -896,14 +894,13 @@ def prepare_compare(
         return out
 
     for t in dict.fromkeys(types):
-        if t in NOT_RUNNABLE:
-            skipped.append({"type": t, "reason": NOT_RUNNABLE[t]})
-            continue
         try:
             if t in QUANTIZE_TYPES:
                 out = _quantize(converted("f16"), folder / f"{t}.gguf", QUANTIZE_TYPES[t], force)
             else:
                 out = converted(t)
+            if t in ("tl1", "tl2"):  # the build must serve the model's TL shapes
+                ensure_tl_kernels(out, progress=progress)
         except (ShapeError, UsageError, RuntimeFailure, BuildError) as exc:
             skipped.append({"type": t, "reason": str(exc)})
             continue

@@ -73,6 +73,8 @@ OVERLAY: tuple[tuple[str, str, str], ...] = (
     ("llama", "ggml-cpu-*.[ch]", "ggml/src/ggml-cpu/bitnet"),
     ("llama", "bitnet-logits.cpp", "tools/bitnet-logits"),
 )
+#: Where the TL shape table (committed, or generated into the cache) goes in the tree.
+TL_SHAPES_DEST = "ggml/src/ggml-cpu/bitnet"
 REQUIRED_KERNEL_FILES = ("bitnet-kernels.h", "llama/ggml-cpu-bitnet.c", "llama/bitnet-logits.cpp")
 
 SETUP_HINT = "run: python setup_env.py"
@@ -366,9 +368,10 @@ def plan_build(options: BuildOptions, toolchain: Toolchain | None = None) -> Bui
     flags = cmake_flags(options.cpu, tc, pin)
     patches = patch_files()
     overlay = overlay_files()
-    if options.tl_shapes:  # a generated shape table replaces the committed one (same tree path)
+    registry = tl_registry(cache)
+    if options.tl_shapes or registry.is_file():  # the generated table replaces the committed one
         header = tl_shapes_header(cache, options.tl_shapes)
-        overlay[f"ggml/src/ggml-cpu/bitnet/{header.name}"] = header
+        overlay[f"{TL_SHAPES_DEST}/{header.name}"] = header
     stamp = compute_stamp(pin, patches, overlay, flags)
     build_dir = cache / f"build-{options.cpu}"
     old = read_stamp(build_dir)
@@ -393,14 +396,106 @@ def plan_build(options: BuildOptions, toolchain: Toolchain | None = None) -> Bui
     )
 
 
-def tl_shapes_header(cache: Path, models: Sequence[str]) -> Path:
-    """Generate the TL shape table for `models` (+ the known shapes) into the cache; the file is
-    rewritten only when its bytes change, so the build stamp changes only then."""
+def tl_registry(cache: Path) -> Path:
+    """The cache's list of TL shapes its builds serve beyond the known ones (tools/codegen.py)."""
     from bitnet.tools import codegen
 
+    return cache / "codegen" / codegen.REGISTRY_NAME
+
+
+def tl_shapes_header(cache: Path, models: Sequence[str]) -> Path:
+    """Register the TL shapes of `models` in the cache's registry, then generate the shape table
+    (known shapes + registry) into the cache; the file is rewritten only when its bytes change,
+    so the build stamp changes only then."""
+    from bitnet.tools import codegen
+
+    registry = tl_registry(cache)
+    for model in models:
+        codegen.register(registry, codegen.tl_entries(model))
     out = cache / "codegen" / codegen.HEADER_NAME
     out.parent.mkdir(parents=True, exist_ok=True)
-    return codegen.generate(list(models), out)[0]
+    extra = codegen.load_registry(registry)
+    return codegen.generate(
+        (), out, extra=extra, extra_source=f"shapes registered in {registry.name}"
+    )[0]
+
+
+def served_tl_shapes(build_dir: Path) -> set[tuple[str, int, int]] | None:
+    """(type, M, K) of every TL shape a finished build serves (from its stamp); None when the
+    build is missing or predates this record."""
+    stamp = read_stamp(build_dir)
+    if not stamp or "tl_shapes" not in stamp:
+        return None
+    return {(str(t), int(m), int(k)) for t, m, k in stamp["tl_shapes"]}
+
+
+def check_tl_served(model: Path, binary: Path) -> None:
+    """Raise BuildError when `model` has TL1/TL2 weights of a shape the build of `binary` has no
+    kernel table entry for (checked before llama.cpp would abort on it). Builds that predate the
+    stamp's record are not checked here; their kernels refuse the shape themselves."""
+    from bitnet.tools import codegen
+
+    build_dir = Path(binary).resolve().parent.parent
+    served = served_tl_shapes(build_dir)
+    if served is None:
+        return
+    missing = sorted({(e.qtype, e.M, e.K) for e in codegen.tl_entries(model)} - served)
+    if missing:
+        qtype, m, k = missing[0]
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise BuildError(
+            f"{Path(model).name} has {qtype.upper()} weights of shape ({m}, {k}){more} that the "
+            f"llama.cpp build in {build_dir} has no TL kernels for.",
+            hint=f"rebuild with: python setup_env.py --tl-shapes {model} "
+            "(or convert with --outtype i2_s)",
+        )
+
+
+@dataclass
+class TLKernelCheck:
+    """What `ensure_tl_kernels` found and did."""
+
+    needed: set[tuple[str, int, int]]
+    rebuilt: list[Path] = field(default_factory=list)
+    up_to_date: list[Path] = field(default_factory=list)
+    registered: bool = False
+
+
+def ensure_tl_kernels(
+    model: Path, cache: Path | None = None, progress: ProgressFn | None = None
+) -> TLKernelCheck:
+    """Make the llama.cpp build that `bitnet run` uses serve the TL1/TL2 shapes of `model`.
+
+    The shapes are added to the cache's registry, so every later `setup_env.py` build (any
+    --cpu) serves them too. The build in use (native first, as find_binary picks) is rebuilt if
+    its stamp lacks one of them: the regenerated table changes, so its stamp does, and ccache
+    keeps that to the changed file and a relink. A GGUF without TL tensors, or a build that
+    already serves its shapes, costs nothing.
+    """
+    from bitnet.tools import codegen
+
+    cache = (cache or default_cache()).expanduser()
+    entries = codegen.tl_entries(model)
+    check = TLKernelCheck({(e.qtype, e.M, e.K) for e in entries})
+    if not entries:
+        return check
+    check.registered = codegen.register(tl_registry(cache), entries)
+    for build_dir in build_dirs(cache)[:1]:
+        stamp = read_stamp(build_dir)
+        served = served_tl_shapes(build_dir)
+        if stamp is None:
+            continue  # never finished: the next setup_env.py builds it with the registry
+        if served is not None and check.needed <= served:
+            check.up_to_date.append(build_dir)
+            continue
+        cpu = str(stamp.get("cpu") or build_dir.name.removeprefix("build-"))
+        plan = plan_build(BuildOptions(cpu=cpu, cache=cache))
+        if plan.up_to_date:  # the table did not change (a stamp older than the tl_shapes record)
+            check.up_to_date.append(build_dir)
+            continue
+        run_build(plan, progress)
+        check.rebuilt.append(build_dir)
+    return check
 
 
 def describe(plan: BuildPlan) -> list[str]:
@@ -770,10 +865,21 @@ def run_build(plan: BuildPlan, progress: ProgressFn | None = None) -> BuildResul
         "llama_cpp": pin.upstream_commit,
         "patches": [p.name for p in plan.patches],
         "targets": list(plan.targets),
+        "tl_shapes": _tl_shapes_of(plan),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     plan.stamp_file.write_text(json.dumps(stamp, indent=2) + "\n")
     return BuildResult(plan.bin_dir, True, time.perf_counter() - start, plan.log_file, stats)
+
+
+def _tl_shapes_of(plan: BuildPlan) -> list[list]:
+    """[type, M, K] of every entry of the shape table the plan compiles in."""
+    from bitnet.tools import codegen
+
+    header = plan.overlay.get(f"{TL_SHAPES_DEST}/{codegen.HEADER_NAME}")
+    if header is None:
+        return []
+    return sorted([e.qtype, e.M, e.K] for e in codegen.parse_header(header.read_text()))
 
 
 def build(options: BuildOptions, progress: ProgressFn | None = None) -> BuildResult:
@@ -837,8 +943,9 @@ def prepare_model(
 
     name = str(source).rstrip("/").split("/")[-1] or "model"
     out = out or Path("models") / name / f"ggml-model-{outtype}.gguf"
-    if out.exists() and not force:
-        return out
-    folder = resolve_source(source, progress=progress)
-    convert_checkpoint(folder, out, outtype=outtype, force=force, progress=progress)
+    if not out.exists() or force:
+        folder = resolve_source(source, progress=progress)
+        convert_checkpoint(folder, out, outtype=outtype, force=force, progress=progress)
+    if outtype.lower() in ("tl1", "tl2"):  # the build must serve the model's TL shapes
+        ensure_tl_kernels(out, progress=progress)
     return out

@@ -224,11 +224,13 @@ def generate(
     types: Sequence[str] = TL_TYPES,
     include_known: bool = True,
     force: bool = False,
+    extra: Iterable[ShapeEntry] = (),
+    extra_source: str = "",
 ) -> tuple[Path, list[ShapeEntry], bool]:
-    """Write the shape table for `models` (+ KNOWN_SHAPES) to `out`; return (path, entries,
-    changed). Every shape of a named model must fit each requested type (else ShapeError);
-    known shapes a type cannot hold are left out for that type. An identical file is left
-    untouched (so builds keyed on its bytes do not rerun)."""
+    """Write the shape table for `models` (+ KNOWN_SHAPES, + `extra` entries, e.g. a build's
+    registry) to `out`; return (path, entries, changed). Every shape of a named model must fit
+    each requested type (else ShapeError); known shapes a type cannot hold are left out for that
+    type. An identical file is left untouched (so builds keyed on its bytes do not rerun)."""
     out = Path(out) if out else default_header_path()
     entries: set[ShapeEntry] = set()
     sources: list[str] = []
@@ -238,6 +240,10 @@ def generate(
     for model in models:
         entries |= set(plan_shapes(find_shapes(model), types, strict=True))
         sources.append(Path(model).name)
+    extra = set(extra)
+    if extra - entries:
+        entries |= extra
+        sources.append(extra_source or "extra shapes")
     text = render(sorted(entries), sources)
     if out.is_file() and out.read_text() == text:
         return out, sorted(entries), False
@@ -246,3 +252,61 @@ def generate(
     with atomic_output(out, True) as tmp:
         Path(tmp).write_text(text)
     return out, sorted(entries), True
+
+
+# --- the shapes a build was asked to serve ------------------------------------------------------
+#
+# `setup_env.py --tl-shapes MODEL` and `bitnet convert --outtype tl1|tl2` add the model's shapes
+# to a registry in the build cache, so later builds keep serving them (a plain `setup_env.py`
+# does not drop them). Only (type, M, K) is stored: the tiles always come from default_tiling.
+
+REGISTRY_NAME = "tl-shapes.json"
+
+
+def tl_entries(source: str | Path, types: Sequence[str] = TL_TYPES) -> set[ShapeEntry]:
+    """The TL entries a model needs: for a GGUF, the (type, M, K) of its TL1/TL2 tensors (of
+    `types`); for an HF folder, every ternary shape in each of `types` (ShapeError if one
+    cannot be held)."""
+    path = Path(source)
+    if path.is_dir():
+        return set(plan_shapes(find_shapes(path), types, strict=True))
+    from bitnet.tools.gguf import GGUFReader
+
+    codes = {int(quants.get(t).type_id): t for t in types}
+    found: dict[str, set[tuple[int, int]]] = {}
+    for info in GGUFReader(path).tensors.values():
+        qtype = codes.get(int(info.type_id))
+        if qtype and len(info.shape) == 2:
+            found.setdefault(qtype, set()).add((int(info.shape[0]), int(info.shape[1])))
+    return {e for qtype, shapes in found.items() for e in plan_shapes(shapes, [qtype])}
+
+
+def load_registry(path: Path) -> set[ShapeEntry]:
+    """The registered entries (tiles recomputed from the shape); a missing file is empty."""
+    import json
+
+    try:
+        rows = json.loads(path.read_text()).get("shapes", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    keys = {(str(r[0]), int(r[1]), int(r[2])) for r in rows if isinstance(r, list) and len(r) == 3}
+    entries: set[ShapeEntry] = set()
+    for qtype, m, k in keys:
+        if qtype in TL_TYPES and m > 0 and k > 0 and tiling_problem(m, k, qtype) is None:
+            entries |= set(plan_shapes([(m, k)], [qtype]))
+    return entries
+
+
+def register(path: Path, entries: Iterable[ShapeEntry]) -> bool:
+    """Add `entries` to the registry at `path` (atomically); True when it changed."""
+    import json
+
+    have = load_registry(path)
+    new = have | set(entries)
+    if new == have:
+        return False
+    rows = sorted([e.qtype, e.M, e.K] for e in new)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path, True) as tmp:
+        Path(tmp).write_text(json.dumps({"shapes": rows}, indent=1) + "\n")
+    return True

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .build import find_binary
+from .build import check_tl_served, find_binary
 from .errors import InputNotFoundError, RuntimeFailure
 from .gguf import GGUFReader
 
@@ -125,4 +125,6 @@ def _explain(lines: collections.abc.Iterable[str]) -> str:
 def generate(model: Path, prompt: str, opts: GenerationOptions) -> None:
     """Generate text for `prompt`, streaming it to stdout as it is produced."""
     check_model(model)
-    run_streaming(completion_command(Path(model), prompt, opts), "llama-completion")
+    cmd = completion_command(Path(model), prompt, opts)
+    check_tl_served(Path(model), Path(cmd[0]))
+    run_streaming(cmd, "llama-completion")
