@@ -66,10 +66,19 @@ def convert(
             help="tl1/tl2: rebuild llama.cpp if it lacks kernels for the model's shapes.",
         ),
     ] = True,
+    tuned: Annotated[
+        bool,
+        typer.Option(
+            "--tuned",
+            help="tl1/tl2: pack with the tiles `bitnet codegen MODEL --tune` chose on this "
+            "machine (default tiles for shapes it did not tune).",
+        ),
+    ] = False,
 ) -> None:
     """Convert a BitNet b1.58 checkpoint to GGUF (I2_S by default), streaming tensor by tensor."""
     from bitnet.tools import hub
 
+    tiles = _tuned_tiles(outtype) if tuned else None
     name = _source_name(src)
     output = output or Path.cwd() / f"{name}-{outtype.lower()}.gguf"
     if Path(src).expanduser().exists():  # a local folder: nothing to fetch, no bar
@@ -78,7 +87,9 @@ def convert(
         with out.progress(f"downloading {src}") as cb:
             folder = hub.resolve_source(src, revision=revision, progress=cb)
     if dry_run:
-        plan = convert_checkpoint(folder, output, outtype, embedding_type, dry_run=True, name=name)
+        plan = convert_checkpoint(
+            folder, output, outtype, embedding_type, dry_run=True, name=name, tiles=tiles
+        )
         if json_out:
             out.emit_json(plan.to_dict())
         else:
@@ -86,8 +97,9 @@ def convert(
         return
     with out.progress(f"converting to {output.name}") as cb:
         result = convert_checkpoint(
-            folder, output, outtype, embedding_type, force=force, progress=cb, name=name
-        )
+            folder, output, outtype, embedding_type, force=force, progress=cb, name=name,
+            tiles=tiles,
+        )  # fmt: skip
     kernels = _tl_kernels(result.path) if build and outtype.lower() in ("tl1", "tl2") else None
     if json_out:
         out.emit_json(result.to_dict() | ({"tl_kernels": kernels} if kernels else {}))
@@ -97,6 +109,19 @@ def convert(
             f"{len(result.plan.tensors)} tensors, {result.seconds:.1f} s)"
         )
         out.info(f"next: bitnet inspect {result.path}")
+
+
+def _tuned_tiles(outtype: str) -> dict:
+    """The tiles of `bitnet codegen --tune` (UsageError when not tl1/tl2 or nothing is tuned)."""
+    from bitnet.tools import tl_tune
+    from bitnet.tools.errors import UsageError
+
+    if outtype.lower() not in ("tl1", "tl2"):
+        raise UsageError(
+            f"--tuned applies to --outtype tl1 or tl2, not {outtype}.",
+            hint="drop --tuned, or convert with --outtype tl2 --tuned",
+        )
+    return tl_tune.load_tuned()
 
 
 def _tl_kernels(model: Path) -> dict:

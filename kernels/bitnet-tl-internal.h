@@ -33,4 +33,26 @@ void bitnet_tl2_tile_avx2(const bitnet_tl_tiling *t, int64_t i0, int64_t nc, con
                           const int16_t *lut, int64_t lut_stride, int32_t *acc);
 #endif
 
+/* The AVX-512 TL2 lookups (`vpermb` + `vpdpbusd`: F/BW/VL/VBMI/VNNI, checked at run time) live
+ * in bitnet-tl-avx512.c. The same compilers as AVX2: GCC >= 8 and clang >= 7 know the VBMI and
+ * VNNI intrinsics and target attributes. */
+#if defined(BITNET_TL_HAVE_AVX2)
+#define BITNET_TL_HAVE_AVX512 1
+void bitnet_tl2_tile_avx512(const bitnet_tl_tiling *t, int64_t i0, int64_t nc,
+                            const uint8_t *w, const int16_t *lut, int64_t lut_stride,
+                            int32_t *acc);
+#endif
+
+/* The NEON TL1 and TL2 lookups live in bitnet-tl-neon.c (aarch64: NEON is baseline, always
+ * usable). The LUT byte planes assume little-endian lanes, so aarch64_be keeps the scalar path;
+ * GCC or Clang for always_inline and `#pragma GCC unroll`. */
+#if defined(__aarch64__) && defined(__ARM_NEON) && !defined(__ARM_BIG_ENDIAN) && \
+    !defined(BITNET_NO_SIMD) && defined(__GNUC__)
+#define BITNET_TL_HAVE_NEON 1
+void bitnet_tl1_tile_neon(const bitnet_tl_tiling *t, int64_t i0, int64_t nc, const uint8_t *w,
+                          const int16_t *lut, int64_t lut_stride, int32_t *acc);
+void bitnet_tl2_tile_neon(const bitnet_tl_tiling *t, int64_t i0, int64_t nc, const uint8_t *w,
+                          const int16_t *lut, int64_t lut_stride, int32_t *acc);
+#endif
+
 #endif /* BITNET_TL_INTERNAL_H */

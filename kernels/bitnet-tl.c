@@ -36,6 +36,22 @@ float bitnet_tl_scale(int type, const uint8_t *w, int64_t m, int64_t k) {
     return s;
 }
 
+int bitnet_tl_tail_tiling(int type, const uint8_t *w, int64_t m, int64_t k, bitnet_tl_tiling *t) {
+    /* BM, BK, bm as little-endian uint32 at tail bytes 4..15: inside the tensor's nbytes */
+    const uint8_t *rec = w + tl_body_bytes(type, m, k) + BITNET_TL_TILE_RECORD;
+    uint32_t v[3];
+    for (int i = 0; i < 3; i++)
+        v[i] = (uint32_t)rec[4 * i] | (uint32_t)rec[4 * i + 1] << 8 |
+               (uint32_t)rec[4 * i + 2] << 16 | (uint32_t)rec[4 * i + 3] << 24;
+    if (v[0] == 0 && v[1] == 0 && v[2] == 0) return 0; /* a file from before the record */
+    t->M = m;
+    t->K = k;
+    t->BM = v[0] > INT32_MAX ? INT32_MAX : (int32_t)v[0]; /* too big is invalid anyway */
+    t->BK = v[1] > INT32_MAX ? INT32_MAX : (int32_t)v[1];
+    t->bm = v[2] > INT32_MAX ? INT32_MAX : (int32_t)v[2];
+    return bitnet_tl_tiling_valid(type, t) ? 1 : -1;
+}
+
 int bitnet_tl_tiling_valid(int type, const bitnet_tl_tiling *t) {
     if (t->M <= 0 || t->K <= 0 || t->BM <= 0 || t->BK <= 0 || t->bm <= 0) return 0;
     if (t->BM > BITNET_TL_MAX_BM || t->M % t->BM || t->BM % t->bm) return 0;
@@ -220,10 +236,35 @@ static int always(void) { return 1; }
 #ifdef BITNET_TL_HAVE_AVX2
 static int cpu_avx2(void) { return __builtin_cpu_supports("avx2"); }
 #endif
+#ifdef BITNET_TL_HAVE_AVX512
+#include <cpuid.h>
+/* AVX-512 F/BW/VL through __builtin_cpu_supports, which also checks that the OS saves the zmm
+ * state (XGETBV); VBMI and VNNI (CPUID.(7,0):ECX bits 1 and 11) read directly, as older
+ * compilers do not name them. CPUID is read once: in a virtual machine it traps to the
+ * hypervisor (tens of microseconds), and bitnet_tl_set_kernel asks on every call. */
+static int cpu_avx512(void) {
+    static int cached = -1; /* every thread that races here computes the same value */
+    int ecx7 = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (ecx7 < 0) {
+        unsigned a, b, c = 0, d;
+        ecx7 = __get_cpuid_count(7, 0, &a, &b, &c, &d) ? (int)(c & 0x7fffffff) : 0;
+        __atomic_store_n(&cached, ecx7, __ATOMIC_RELAXED);
+    }
+    if (!(ecx7 >> 1 & 1) || !(ecx7 >> 11 & 1)) return 0;
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl");
+}
+#endif
 
 static const tl_kernel TL_KERNELS[] = {
+#ifdef BITNET_TL_HAVE_AVX512
+    {"avx512", tl1_tile, bitnet_tl2_tile_avx512, cpu_avx512},
+#endif
 #ifdef BITNET_TL_HAVE_AVX2
     {"avx2", tl1_tile, bitnet_tl2_tile_avx2, cpu_avx2},
+#endif
+#ifdef BITNET_TL_HAVE_NEON
+    {"neon", bitnet_tl1_tile_neon, bitnet_tl2_tile_neon, always},
 #endif
     {"scalar", tl1_tile, tl2_tile_scalar, always},
 };

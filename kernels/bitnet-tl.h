@@ -5,9 +5,11 @@
  * kernels/llama/ggml-cpu-bitnet-tl.c) and into the test library (tools/kernels_lib.py).
  *
  * The kernels are generic in the tiling: every function takes the (BM, BK, bm) of the weight,
- * which tools/quants/tiling.py `default_tiling(M, K, type)` chose when the converter packed it.
- * The build does not recompute tilings: `bitnet codegen` writes them into a generated shape table
- * (kernels/llama/ggml-cpu-bitnet-tl-shapes.h) and the glue refuses shapes missing from it.
+ * which the converter packed it with (tools/quants/tiling.py `default_tiling(M, K, type)`, or
+ * tiles `bitnet codegen --tune` measured faster) and recorded in the tensor's tail
+ * (bitnet_tl_tail_tiling). `bitnet codegen` writes the tilings a build serves into a generated
+ * table (kernels/llama/ggml-cpu-bitnet-tl-shapes.h) and the glue refuses a weight whose
+ * (shape, tiles) is missing from it.
  *
  * Formats (ref: docs/formats.md "TL1", "TL2"; shared/spec/bitnet-formats.md §3.1, §3.2):
  *   TL1: pair (w0, w1) -> idx = 3*w0 + w1 + 4; byte = idx(pair 2q) << 4 | idx(pair 2q+1);
@@ -17,7 +19,9 @@
  *        [BK/6][32 rows, 8-byte chunks rows 0-7, 16-23, 8-15, 24-31]; sign words per 32 rows x
  *        24 columns; two-part (last two_k columns): TL1 pair codes in [M/BM][two_k/32][BM/32][8]
  *        [32 rows, same chunk swap]. Then zeros up to roundup32(P), then the tail.
- *   Both: the f32 per-tensor scale is the first 4 bytes of the 32-byte tail (bitnet_tl_scale).
+ *   Both: the 32-byte tail holds the f32 per-tensor scale in bytes 0-3 (bitnet_tl_scale) and
+ *        the tiles BM, BK, bm as uint32 LE in bytes 4-15 (bitnet_tl_tail_tiling; all zero in
+ *        files from before the record, which were packed with default_tiling), then zeros.
  *
  * Contract (the same numbers as I2_S, bit for bit):
  *   activations: per token, d = 127 / max(max|x|, 1e-5) (float32, the I2_S row scale: an all-zero
@@ -36,7 +40,8 @@
 extern "C" {
 #endif
 
-#define BITNET_TL_TAIL_BYTES 32  /* f32 scale + 28 zero bytes after the packed data */
+#define BITNET_TL_TAIL_BYTES 32  /* after the packed data: f32 scale, tile record, zeros */
+#define BITNET_TL_TILE_RECORD 4  /* tail offset of BM, BK, bm (3 x uint32 LE; 0 = unrecorded) */
 #define BITNET_TL_LUT_ENTRIES 16 /* int16 entries per LUT slot (a pair or a group of 3) */
 
 enum { BITNET_TL1 = 1, BITNET_TL2 = 2 };
@@ -55,6 +60,11 @@ int bitnet_tl_tiling_valid(int type, const bitnet_tl_tiling *t);
 int64_t bitnet_tl_nbytes(int type, int64_t m, int64_t k);
 /* The per-tensor scale from the tail of a tensor of nbytes(type, M, K) bytes at w. */
 float bitnet_tl_scale(int type, const uint8_t *w, int64_t m, int64_t k);
+/* The tiles recorded in the tail of a tensor of nbytes(type, M, K) bytes at w (reads tail bytes
+ * 4..15 only): 1 and *t = {M, K, BM, BK, bm} when recorded and valid for the shape; 0 when not
+ * recorded (all zero: the file predates the record, its tiles are default_tiling's; *t is left
+ * alone); -1 when recorded but invalid (*t holds the recorded values, for the error message). */
+int bitnet_tl_tail_tiling(int type, const uint8_t *w, int64_t m, int64_t k, bitnet_tl_tiling *t);
 
 /* Per-token int8 activations (the I2_S row scale): writes q[0..k), returns d. Any k > 0. */
 float bitnet_tl_quantize_row(const float *x, int8_t *q, int64_t k);

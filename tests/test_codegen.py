@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from bitnet.cli.app import app
 from bitnet.tools import codegen, kernels_lib, quants
 from bitnet.tools.dummy import make_dummy
-from bitnet.tools.errors import ShapeError
+from bitnet.tools.errors import CorruptFileError, ShapeError
 
 ACCEPTANCE = ["BitNet-b1.58-2B-4T", "bitnet_b1_58-large", "bitnet_b1_58-3B",
               "Llama3-8B-1.58-100B-tokens"]  # fmt: skip
@@ -56,10 +56,7 @@ def test_render_is_deterministic_and_parses_back(tmp_path) -> None:
 
 def test_committed_header_is_current() -> None:
     text = codegen.default_header_path().read_text()
-    want = codegen.render(
-        codegen.plan_shapes(codegen.known_shapes(), strict=False),
-        ["known BitNet model shapes (tools/codegen.py KNOWN_SHAPES)"],
-    )
+    want = codegen.render(codegen.known_entries(), [codegen.KNOWN_SOURCE])
     assert text == want, "run: bitnet codegen  (regenerates kernels/llama/...-tl-shapes.h)"
 
 
@@ -113,3 +110,200 @@ def test_cli_codegen_bad_shape(tmp_path) -> None:
     r = CliRunner().invoke(app, ["codegen", str(m), "--types", "tl2", "--dry-run"])
     assert r.exit_code != 0
     assert "tl2" in r.output and "Traceback" not in r.output
+
+
+# --- tiles recorded in GGUF files ----------------------------------------------------------------
+
+TINY = codegen.KNOWN_SHAPES[codegen.TEST_TILES_MODEL]
+
+
+def _tiles_for(qtype: str, tiling: quants.Tiling) -> dict:
+    return {(qtype, m, k): tiling for m, k in TINY}
+
+
+def _zero_records(src, dst) -> None:
+    """A copy of a GGUF whose TL tensors have no tile record (as files before the record)."""
+    from bitnet.tools.gguf import GGUFReader
+
+    data = bytearray(src.read_bytes())
+    with GGUFReader(src) as r:
+        for info in r.tensors.values():
+            if info.type_id in (int(quants.get("tl1").type_id), int(quants.get("tl2").type_id)):
+                tail = info.offset + info.nbytes - 32
+                data[tail + 4 : tail + 16] = bytes(12)
+    dst.write_bytes(bytes(data))
+
+
+def test_gguf_tiles_are_read_from_the_tensors(tiny_hf, tmp_path) -> None:
+    from bitnet.tools.convert import convert_checkpoint
+
+    t = quants.Tiling(*codegen.TEST_TILES["tl2"])
+    tuned, plain, old = tmp_path / "tuned.gguf", tmp_path / "plain.gguf", tmp_path / "old.gguf"
+    convert_checkpoint(tiny_hf, tuned, outtype="tl2", tiles={("tl2", 256, 256): t})
+    convert_checkpoint(tiny_hf, plain, outtype="tl2")
+    found = codegen.find_tl_tiles(tuned)
+    tuned_entry = codegen.ShapeEntry.of("tl2", 256, 256, t)
+    assert not tuned_entry.is_default
+    assert "blk.0.attn_q.weight" in found[tuned_entry]
+    assert {(e.M, e.K) for e in found} == set(TINY)  # the other shapes keep default tiles
+    assert all(e.is_default for e in found if (e.M, e.K) != (256, 256))
+    assert codegen.tl_entries(tuned) == set(found)
+    assert all(e.is_default for e in codegen.tl_entries(plain))
+    _zero_records(plain, old)  # unrecorded tiles read as the default ones
+    assert codegen.tl_entries(old) == codegen.tl_entries(plain)
+    assert codegen.tl_entries(tuned, ["tl1"]) == set()
+    # a table generated for the tuned file serves its tiles and the default ones of each shape
+    _, entries, _ = codegen.generate([tuned], tmp_path / "t.h", ["tl2"], include_known=False)
+    assert tuned_entry in entries and codegen.ShapeEntry.of("tl2", 256, 256) in entries
+    text = (tmp_path / "t.h").read_text()
+    assert "{BITNET_TL2, {   256,    256,   64,  192,  32}, 0}," in text
+    assert "{BITNET_TL2, {   256,    256,  256,   96,  32}, 1}," in text
+    assert codegen.parse_header(text) == entries
+
+
+def test_committed_table_serves_the_test_tiles() -> None:
+    served = set(codegen.parse_header(codegen.default_header_path().read_text()))
+    for qtype, tiles in codegen.TEST_TILES.items():
+        for m, k in TINY:
+            e = codegen.ShapeEntry.of(qtype, m, k, quants.Tiling(*tiles))
+            assert e in served and not e.is_default
+            assert codegen.ShapeEntry.of(qtype, m, k) in served
+
+
+def test_registry_rows_have_tiles_and_old_rows_mean_default(tmp_path) -> None:
+    reg = tmp_path / codegen.REGISTRY_NAME
+    t = quants.Tiling(128, 72, 32)
+    tuned = codegen.ShapeEntry.of("tl2", 2560, 6912, t)
+    reg.write_text(json.dumps({"shapes": [["tl2", 384, 384], ["tl1", 64, 256]]}))  # old rows
+    old = codegen.load_registry(reg)
+    assert old == {codegen.ShapeEntry.of("tl2", 384, 384), codegen.ShapeEntry.of("tl1", 64, 256)}
+    assert codegen.register(reg, old) is True  # rewritten with the tiles
+    assert all(len(r) == 6 for r in json.loads(reg.read_text())["shapes"])
+    assert codegen.register(reg, old) is False
+    assert codegen.register(reg, [tuned]) is True
+    rows = json.loads(reg.read_text())["shapes"]
+    assert ["tl2", 2560, 6912, 128, 72, 32] in rows and ["tl2", 384, 384, 192, 96, 32] in rows
+    assert codegen.load_registry(reg) == old | {tuned}
+    bad = [["tl2", 2560, 6912, 100, 72, 32], ["tl2", 2560, 6912, 128, 72], ["tl9", 1, 1, 1, 1, 1],
+           ["tl2", "x", 1, 1, 1, 1], "nope", ["tl1", 64, 256, 64, 64, 64]]  # fmt: skip
+    reg.write_text(json.dumps({"shapes": bad}))
+    assert codegen.load_registry(reg) == {
+        codegen.ShapeEntry.of("tl1", 64, 256, quants.Tiling(64, 64, 64))
+    }  # invalid tiles, short rows, unknown types dropped
+
+
+# --- --tune -----------------------------------------------------------------------------------
+
+
+class FakeTimer:
+    """A timer that makes `fast` the fastest tiling by `gain` (1.0 ms for every other one)."""
+
+    def __init__(self, fast: quants.Tiling | None = None, gain: float = 0.5) -> None:
+        self.fast, self.gain, self.calls = fast, gain, []
+        self.kernel = "fake"
+
+    def __call__(self, qtype, m, k, tiling, nt) -> float:
+        self.calls.append((qtype, m, k, tiling, nt))
+        return (self.gain if tiling == self.fast else 1.0) * (10.0 if nt > 1 else 1.0)
+
+
+def test_tune_keeps_a_clearly_faster_tiling_and_saves_it(tmp_path, monkeypatch) -> None:
+    from bitnet.tools import build, tl_tune
+
+    monkeypatch.setenv("BITNET_CACHE", str(tmp_path / "cache"))
+    fast = quants.Tiling(128, 72, 32)
+    timer = FakeTimer(fast, gain=0.8)
+    [r] = tl_tune.tune([("tl2", 2560, 6912)], timer=timer, threads=1)
+    assert r.chosen == r.best == fast and r.default == quants.default_tiling(2560, 6912, "tl2")
+    assert r.chosen_ms == 0.8 and r.default_ms == 1.0 and abs(r.speedup - 1.25) < 1e-9
+    assert r.default_batch_ms == 10.0 and r.chosen_batch_ms == 8.0
+    one = [c for c in timer.calls if c[4] == 1]
+    assert len(one) == r.candidates == len(quants.tiling.candidate_tilings(2560, 6912, "tl2"))
+    assert {c[4] for c in timer.calls} == {1, tl_tune.BATCH_NT}
+
+    path = tl_tune.save_tuned([r], kernel="fake")
+    assert path == tmp_path / "cache" / "codegen" / tl_tune.TUNED_NAME
+    assert tl_tune.load_tuned() == {("tl2", 2560, 6912): fast}
+    doc = json.loads(path.read_text())
+    assert doc["shapes"][0]["default"] == [256, 96, 32] and doc["shapes"][0]["kernel"] == "fake"
+    assert tl_tune.register_tuned([r]) is True
+    reg = codegen.load_registry(build.tl_registry(tmp_path / "cache"))
+    assert codegen.ShapeEntry.of("tl2", 2560, 6912, fast) in reg
+    # re-tuning another shape keeps this one; re-tuning it replaces its row
+    [r2] = tl_tune.tune([("tl2", 2560, 2560)], timer=FakeTimer(), threads=1)
+    tl_tune.save_tuned([r2])
+    assert set(tl_tune.load_tuned()) == {("tl2", 2560, 6912), ("tl2", 2560, 2560)}
+    assert tl_tune.load_tuned()[("tl2", 2560, 2560)] == r2.default  # nothing faster: default
+
+
+def test_tune_noise_guard_keeps_the_default(monkeypatch) -> None:
+    from bitnet.tools import tl_tune
+
+    fast = quants.Tiling(128, 72, 32)
+    [r] = tl_tune.tune([("tl2", 2560, 6912)], timer=FakeTimer(fast, gain=0.96), threads=1)
+    assert r.best == fast and r.chosen == r.default and r.speedup == 1.0 and not r.tuned
+    assert r.chosen_batch_ms == r.default_batch_ms
+    [r] = tl_tune.tune([("tl2", 2560, 6912)], timer=FakeTimer(fast, gain=0.94), threads=1)
+    assert r.chosen == fast and r.tuned
+
+
+def test_tune_weighs_how_tiles_split_over_threads() -> None:
+    from bitnet.tools import tl_tune
+
+    assert tl_tune.imbalance(10, 1) == 1.0 and tl_tune.imbalance(4, 2) == 1.0
+    assert tl_tune.imbalance(4, 3) == 1.5 and tl_tune.imbalance(1, 2) == 2.0
+    # 2560 / 640 = 4 tiles: fine for 2 threads, 1.5x the work on the busiest of 3
+    fast = quants.Tiling(640, 192, 32)
+    [r] = tl_tune.tune([("tl2", 2560, 2560)], timer=FakeTimer(fast, 0.8), threads=2)
+    assert r.chosen == fast
+    [r] = tl_tune.tune([("tl2", 2560, 2560)], timer=FakeTimer(fast, 0.8), threads=3)
+    assert r.chosen != fast and 2560 // r.chosen.BM >= 3
+
+
+def test_load_tuned_errors_and_bad_rows(tmp_path, monkeypatch) -> None:
+    from bitnet.tools import tl_tune
+    from bitnet.tools.errors import UsageError
+
+    monkeypatch.setenv("BITNET_CACHE", str(tmp_path))
+    with pytest.raises(UsageError, match="no tuned TL tiles") as exc:
+        tl_tune.load_tuned()
+    assert "--tune" in exc.value.hint
+    path = tl_tune.tuned_path()
+    path.parent.mkdir(parents=True)
+    rows = [{"type": "tl2", "M": 256, "K": 256, "BM": 64, "BK": 192, "bm": 32},
+            {"type": "tl2", "M": 256, "K": 256, "BM": 48, "BK": 192, "bm": 32},
+            {"type": "tl1", "M": 64}, "junk"]  # fmt: skip
+    path.write_text(json.dumps({"shapes": rows}))
+    assert tl_tune.load_tuned() == {("tl2", 256, 256): quants.Tiling(64, 192, 32)}
+    path.write_text("{broken")
+    with pytest.raises(CorruptFileError, match="not a readable"):
+        tl_tune.load_tuned()
+    [r] = tl_tune.tune([("tl2", 256, 256)], timer=FakeTimer(), threads=1, batch=False)
+    tl_tune.save_tuned([r])  # --tune rewrites a damaged file
+    assert tl_tune.load_tuned() == {("tl2", 256, 256): r.default}
+
+
+def test_cli_codegen_tune(tiny_hf, tmp_path, monkeypatch) -> None:
+    from bitnet.tools import tl_tune
+
+    monkeypatch.setenv("BITNET_CACHE", str(tmp_path / "cache"))
+    fast = quants.Tiling(64, 192, 32)
+    monkeypatch.setattr(tl_tune, "KernelTimer", lambda repeats=7: FakeTimer(fast, 0.5))
+    runner = CliRunner()
+    args = ["codegen", str(tiny_hf), "--tune", "--types", "tl2", "--threads", "1"]
+    r = runner.invoke(app, [*args, "--dry-run", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["saved"] is None and not (tmp_path / "cache").exists()  # a dry run writes nothing
+    assert {(s["M"], s["K"]) for s in doc["shapes"]} == set(TINY)
+    assert all([s["BM"], s["BK"], s["bm"]] == [64, 192, 32] for s in doc["shapes"])
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "64x192x32" in r.stdout and "2.00x" in r.stdout
+    assert tl_tune.load_tuned() == {("tl2", m, k): fast for m, k in TINY}
+    assert "--tuned" in r.output  # names the next step
+    # nothing to tune: a clear error; --known tunes the published shapes
+    r = runner.invoke(app, ["codegen", "--tune"])
+    assert r.exit_code != 0 and "MODEL" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["codegen", "--tune", "--types", "tq2_0", str(tiny_hf)])
+    assert r.exit_code != 0 and "Traceback" not in r.output

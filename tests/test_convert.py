@@ -424,3 +424,64 @@ def test_cli_dry_run_table_and_json(tiny_packed: Path, tmp_path: Path) -> None:
     total = next(line for line in lines if line.startswith("total\t"))
     assert int(total.split("\t")[-1]) == plan["tensor_bytes"]
     assert not out.exists()
+
+
+# --- TL tiles: always recorded; tuned ones only with --tuned --------------------------------------
+
+
+def _records(path: Path) -> dict[str, tuple[int, int, int]]:
+    """{tensor: (BM, BK, bm)} recorded in the tails of a GGUF's TL tensors."""
+    r = read_gguf(path)
+    tl = (int(GGMLType.TL1), int(GGMLType.TL2))
+    return {
+        n: tuple(int(v) for v in np.asarray(r.data(n)[-28:-16]).view("<u4"))
+        for n, i in r.tensors.items()
+        if i.type_id in tl
+    }
+
+
+def test_convert_tuned_tiles(wide: dict, converted: dict, tmp_path: Path, monkeypatch) -> None:
+    from bitnet.tools import tl_tune
+
+    monkeypatch.setenv("BITNET_CACHE", str(tmp_path / "cache"))
+    src, out = wide["packed"], tmp_path / "out"
+    # no tl-tuned.json yet: --tuned says what to run; --tuned needs a TL outtype
+    r = _cli(str(src), "-o", str(out / "a.gguf"), "--outtype", "tl2", "--tuned", "--no-build")
+    _assert_clean_failure(r, out, "no tuned TL tiles")
+    assert "--tune" in r.stderr
+    r = _cli(str(src), "-o", str(out / "a.gguf"), "--outtype", "i2_s", "--tuned")
+    _assert_clean_failure(r, out, "--tuned applies to --outtype tl1 or tl2")
+
+    path = tl_tune.tuned_path()
+    path.parent.mkdir(parents=True)
+    rows = [{"type": "tl2", "M": 256, "K": 256, "BM": 64, "BK": 192, "bm": 32},
+            {"type": "tl2", "M": 512, "K": 256, "BM": 256, "BK": 96, "bm": 32},  # the default
+            {"type": "tl1", "M": 256, "K": 256, "BM": 32, "BK": 64, "bm": 32}]  # fmt: skip
+    path.write_text(json.dumps({"shapes": rows}))
+    args = ("--outtype", "tl2", "--tuned", "--no-build")
+    for name in ("a.gguf", "b.gguf"):
+        r = _cli(str(src), "-o", str(out / name), *args)
+        assert r.exit_code == 0, r.output
+    a, b = (out / "a.gguf").read_bytes(), (out / "b.gguf").read_bytes()
+    assert a == b  # deterministic with tuned tiles too
+    plain = converted["packed", "tl2"]
+    assert a != plain.read_bytes() and len(a) == plain.stat().st_size
+    tuned, default = _records(out / "a.gguf"), _records(plain)
+    shapes = {n: i.shape for n, i in read_gguf(plain).tensors.items()}
+    for name, rec in tuned.items():
+        t = quants.default_tiling(*shapes[name], "tl2")
+        assert default[name] == (t.BM, t.BK, t.bm)
+        assert rec == ((64, 192, 32) if shapes[name] == (256, 256) else default[name]), name
+    assert (64, 192, 32) in tuned.values() and (256, 96, 32) in tuned.values()
+    # the same weights: every tensor dequantizes to the same values
+    ra, rp = read_gguf(out / "a.gguf"), read_gguf(plain)
+    for name in tuned:
+        np.testing.assert_array_equal(ra.array(name), rp.array(name))
+    # without --tuned the output is the default one, byte for byte
+    r = _cli(str(src), "-o", str(out / "c.gguf"), "--outtype", "tl2", "--no-build")
+    assert r.exit_code == 0 and (out / "c.gguf").read_bytes() == plain.read_bytes()
+    # the plan names the tuned tiles
+    r = _cli(str(src), "-o", str(out / "d.gguf"), *args, "--dry-run", "--json")
+    plan = {t["name"]: t for t in json.loads(r.stdout)["tensors"]}
+    assert plan["blk.0.attn_q.weight"]["tiles"] == [64, 192, 32]
+    assert "tiles" not in plan["blk.0.attn_k.weight"]

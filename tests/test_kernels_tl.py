@@ -199,36 +199,163 @@ def test_tl_equals_i2s_bit_exact(tl, qtype: str, nt: int) -> None:
     assert_bits_equal(tl.mul_mat(qtype, pack(qtype, codes, 0.25), shape, q, d), want)
 
 
-# --- TL1 (and TL2) on ARM under qemu-user -----------------------------------------------------
+# TL2 tilings default_tiling never picks but the kernels accept (bitnet_tl_tiling_valid): BK 192
+# (the SIMD paths' largest K-tile buffers; AVX2's int16 sum of a K-tile reaches 64 * 384 = 24576),
+# 168, 24 (one sign block per K-tile) and five two-part 32-column steps (two_k 160).
+TL2_OTHER_TILINGS = [((64, 416), (32, 192)), ((96, 352), (96, 192)), ((64, 368), (64, 168)),
+                     ((64, 288), (32, 24))]  # fmt: skip
+
+
+@pytest.mark.parametrize(("shape", "tiles"), TL2_OTHER_TILINGS)
+@pytest.mark.parametrize("nt", [1, 12])
+def test_tl2_other_tilings(tl, path: str, monkeypatch, shape, tiles, nt: int) -> None:
+    from bitnet.tools.quants import tiling
+
+    real = tiling.default_tiling
+
+    def forced(m: int, k: int, qtype):
+        if (m, k) == shape:
+            return tiling.Tiling(BM=tiles[0], BK=tiles[1], bm=32)
+        return real(m, k, qtype)
+
+    monkeypatch.setattr(tiling, "default_tiling", forced)  # packer and kernel agree on it
+    assert tl.valid("tl2", tl.tiling("tl2", *shape))
+    rng = np.random.default_rng(shape[1] + nt)
+    codes = rng.integers(-1, 2, size=shape).astype(np.int8)
+    codes[: shape[0] // 2, : tiles[1]] = -1  # a full K-tile of -1 against all -128: |sum| max
+    q, d = ref_quantize_tl(random_acts(rng, nt, shape[1]))
+    q[0] = -128
+    if nt > 2:
+        q[1, ::2], q[1, 1::2] = 127, -128
+    got = tl.mul_mat("tl2", pack("tl2", codes, 0.5), shape, q, d)
+    assert_bits_equal(got, ref_tl(codes, 0.5, q, d))
+
+
+# --- TL1 and TL2 on ARM under qemu-user ------------------------------------------------------
+#
+# One driver run computes every case of a manifest with one forced lookup path, so the whole
+# matrix (2 paths x 2 CPUs, ~40 cases each) costs a handful of qemu runs.
 
 TL_DRIVER = r"""
 #include "bitnet-tl.h"
+/* driver PATH MANIFEST OUTDIR: force lookup path PATH ("auto" = the best), print "path NAME",
+ * then per manifest line `type M K BM BK bm nt mode in out`: mode x -> `in` holds nt*K float
+ * activations (quantized here), mode q -> nt*K int8 q then nt float d; writes nt*M floats. */
 int main(int argc, char **argv) {
-    /* type M K BM BK bm nt weights.bin x.bin y.bin */
-    if (argc != 11) return 2;
-    const int type = atoi(argv[1]);
-    bitnet_tl_tiling t = {atol(argv[2]), atol(argv[3]), atoi(argv[4]), atoi(argv[5]),
-                          atoi(argv[6])};
-    const long nt = atol(argv[7]);
-    if (!bitnet_tl_tiling_valid(type, &t)) return 3;
-    const uint8_t *w = slurp(argv[8], (size_t)bitnet_tl_nbytes(type, t.M, t.K));
-    const float *x = slurp(argv[9], (size_t)(nt * t.K) * 4);
-    const int64_t n = bitnet_tl_lut_len(type, &t);
-    int8_t *q = malloc((size_t)t.K);
-    int16_t *lut = malloc(sizeof *lut * (size_t)(n * nt));
-    float *d = malloc(sizeof *d * (size_t)nt), *y = malloc(sizeof *y * (size_t)(nt * t.M));
-    for (long j = 0; j < nt; j++) {
-        d[j] = bitnet_tl_quantize_row(x + j * t.K, q, t.K);
-        bitnet_tl_build_lut(type, &t, q, lut + j * n);
+    if (argc != 4) return 2;
+    if (!bitnet_tl_set_kernel(argv[1])) return 7;
+    printf("path %s\n", bitnet_tl_kernel_name());
+    FILE *man = fopen(argv[2], "r");
+    if (!man) return 4;
+    int type, BM, BK, bm;
+    long M, K, nt;
+    char mode, in[1024], out[256], path[1400];
+    while (fscanf(man, "%d %ld %ld %d %d %d %ld %c %1023s %255s", &type, &M, &K, &BM, &BK, &bm,
+                  &nt, &mode, in, out) == 10) {
+        bitnet_tl_tiling t = {M, K, BM, BK, bm};
+        if (!bitnet_tl_tiling_valid(type, &t)) return 3;
+        const uint8_t *w = NULL;
+        const int64_t n = bitnet_tl_lut_len(type, &t);
+        int16_t *lut = malloc(sizeof *lut * (size_t)(n * nt));
+        float *d = malloc(sizeof *d * (size_t)nt), *y = malloc(sizeof *y * (size_t)(nt * M));
+        snprintf(path, sizeof path, "%s.w", in);
+        w = slurp(path, (size_t)bitnet_tl_nbytes(type, M, K));
+        if (mode == 'x') {
+            const float *x = slurp(in, sizeof(float) * (size_t)(nt * K));
+            int8_t *q = malloc((size_t)K);
+            for (long j = 0; j < nt; j++) {
+                d[j] = bitnet_tl_quantize_row(x + j * K, q, K);
+                bitnet_tl_build_lut(type, &t, q, lut + j * n);
+            }
+            free(q);
+            free((void *)x);
+        } else {
+            const int8_t *q = slurp(in, (size_t)(nt * K) + sizeof(float) * (size_t)nt);
+            memcpy(d, q + nt * K, sizeof(float) * (size_t)nt);
+            for (long j = 0; j < nt; j++) bitnet_tl_build_lut(type, &t, q + j * K, lut + j * n);
+            free((void *)q);
+        }
+        bitnet_tl_mul_mat(type, &t, 0, M / BM, nt, w, bitnet_tl_scale(type, w, M, K), lut, n, d,
+                          y, M);
+        snprintf(path, sizeof path, "%s/%s", argv[3], out);
+        spill(path, y, sizeof(float) * (size_t)(nt * M));
+        free((void *)w);
+        free(lut);
+        free(d);
+        free(y);
     }
-    bitnet_tl_mul_mat(type, &t, 0, t.M / t.BM, nt, w, bitnet_tl_scale(type, w, t.M, t.K), lut, n,
-                      d, y, t.M);
-    FILE *f = fopen(argv[10], "wb");
-    if (!f || fwrite(y, 4, (size_t)(nt * t.M), f) != (size_t)(nt * t.M)) return 6;
-    fclose(f);
+    fclose(man);
     return 0;
 }
 """
+
+
+def pack_tl1_tiled(codes: np.ndarray, scale: float, bm_tile: int, bk: int, bm: int) -> np.ndarray:
+    """TL1 bytes for any valid tiling (the converter only writes `default_tiling`'s): pair codes
+    in the order [M/BM][K/BK][BM/bm][BK/by][bm/16][by/4][16 rows] (docs/formats.md "TL1")."""
+    m, k = codes.shape
+    by = 256 // bm
+    idx = (3 * codes[:, 0::2].astype(np.int64) + codes[:, 1::2] + 4).astype(np.uint8)
+    grid = idx.reshape(m // bm_tile, bm_tile // bm, bm // 16, 16, k // bk, bk // by, by // 4, 2)
+    grid = grid.transpose(0, 4, 1, 5, 2, 6, 3, 7)
+    body = (grid[..., 0] << 4 | grid[..., 1]).reshape(-1)
+    tail = np.zeros(32, np.uint8)
+    tail[:4] = np.array([scale], np.float32).view(np.uint8)
+    tail[4:16] = np.array([bm_tile, bk, bm], "<u4").view(np.uint8)  # the tile record
+    return np.concatenate([body, tail])
+
+
+def extreme_acts(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """q rows all -128, all 127, alternating 127/-128 (the int16 worst cases) and their d."""
+    q = np.full((3, k), -128, np.int8)
+    q[1] = 127
+    q[2, ::2] = 127
+    return q, np.array([1.0, 0.5, 3.0], np.float32)
+
+
+def arm_cases(folder: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """Writes the inputs and manifest of every ARM case; returns it and the expected outputs."""
+    lines, want = [], {}
+
+    def add(name, qtype, codes, scale, tiling, x=None, q=None, d=None) -> None:
+        m, k = codes.shape
+        w = pack(qtype, codes, scale) if tiling is None else pack_tl1_tiled(codes, scale, *tiling)
+        t = tiling or tuple(getattr(kernels_lib.TLKernels.tiling(qtype, m, k), a)
+                            for a in ("BM", "BK", "bm"))  # fmt: skip
+        (folder / f"{name}.in.w").write_bytes(w.tobytes())
+        if x is not None:
+            (folder / f"{name}.in").write_bytes(x.tobytes())
+            q, d = ref_quantize_tl(x)
+        else:
+            (folder / f"{name}.in").write_bytes(q.tobytes() + d.tobytes())
+        nt, mode = q.shape[0], "x" if x is not None else "q"
+        lines.append(f"{kernels_lib.TL_TYPES[qtype]} {m} {k} {t[0]} {t[1]} {t[2]} {nt} {mode} "
+                     f"{folder / name}.in {name}.y")  # fmt: skip
+        want[name] = ref_tl(codes, scale, q, d)
+
+    rng = np.random.default_rng(2024)
+    random_cases = [("tl1", s, nt) for s in [(32, 8), (64, 256), (128, 260), (320, 384)]
+                    for nt in (1, 3, 8, 17)]  # fmt: skip
+    random_cases += [("tl2", s, nt) for s in [(32, 256), (96, 320), (320, 392)]
+                     for nt in (1, 3, 8, 17)]  # fmt: skip
+    random_cases += [("tl1", (64, 256), 128), ("tl2", (32, 256), 128)]
+    for qtype, shape, nt in random_cases:
+        codes = rng.integers(-1, 2, size=shape).astype(np.int8)
+        x = random_acts(rng, nt, shape[1])
+        x[0] = 0.0  # an all-zero token
+        add(f"{qtype}-{shape[0]}x{shape[1]}-nt{nt}", qtype, codes, 0.5, None, x=x)
+    # constant weights with the extreme activations; the last shape uses BK = 256 (valid, never
+    # picked by default_tiling): 128 pairs of 256 would overflow an unsplit int16 sum
+    for qtype, shape, tiling in [("tl1", (128, 260), None), ("tl2", (96, 320), None),
+                                 ("tl1", (64, 512), (64, 256, 32))]:  # fmt: skip
+        q, d = extreme_acts(shape[1])
+        for fill in (-1, 0, 1):
+            codes = np.full(shape, fill, np.int8)
+            tag = "bk256" if tiling else qtype
+            add(f"{tag}-{shape[0]}x{shape[1]}-fill{fill}", qtype, codes, 1.5, tiling, q=q, d=d)
+    manifest = folder / "manifest.txt"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest, want
 
 
 @pytest.fixture(scope="module")
@@ -238,24 +365,39 @@ def arm_driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cross_build(d, TL_DRIVER, srcs, "TL kernels on ARM")
 
 
+@pytest.fixture(scope="module")
+def arm_manifest(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
+    return arm_cases(tmp_path_factory.mktemp("tl-arm-cases"))
+
+
+def test_pack_tl1_tiled_matches_packer() -> None:
+    """The test's any-tiling TL1 packer agrees with the converter's on the default tiling."""
+    codes = np.random.default_rng(3).integers(-1, 2, size=(128, 260)).astype(np.int8)
+    t = kernels_lib.TLKernels.tiling("tl1", 128, 260)
+    got = pack_tl1_tiled(codes, 0.5, t.BM, t.BK, t.bm)
+    np.testing.assert_array_equal(got, pack("tl1", codes, 0.5))
+
+
 @pytest.mark.parametrize("cpu", ["max", "cortex-a53"])  # with and without dotprod
-@pytest.mark.parametrize(
-    ("qtype", "shape"), [("tl1", (64, 256)), ("tl1", (128, 260)), ("tl2", (96, 320))]
-)
-@pytest.mark.parametrize("nt", [1, 17])
-def test_arm_qemu_bit_exact(arm_driver: Path, tmp_path: Path, cpu: str, qtype, shape, nt) -> None:
-    m, k = shape
-    rng = np.random.default_rng(nt + m)
-    codes = rng.integers(-1, 2, size=shape).astype(np.int8)
-    x = random_acts(rng, nt, k)
-    x[0] = 0.0  # an all-zero token
-    (tmp_path / "w.bin").write_bytes(pack(qtype, codes, 0.5).tobytes())
-    (tmp_path / "x.bin").write_bytes(x.tobytes())
-    t = kernels_lib.TLKernels.tiling(qtype, m, k)
-    args = [kernels_lib.TL_TYPES[qtype], m, k, t.BM, t.BK, t.bm, nt]
-    files = [tmp_path / "w.bin", tmp_path / "x.bin", tmp_path / "y.bin"]
-    proc = qemu(arm_driver, *args, *files, cpu=cpu)
+@pytest.mark.parametrize("kernel", ["neon", "scalar"])
+def test_arm_qemu_bit_exact(arm_driver: Path, arm_manifest, tmp_path: Path, cpu: str, kernel):
+    manifest, want = arm_manifest
+    proc = qemu(arm_driver, kernel, manifest, tmp_path, cpu=cpu)
     assert proc.returncode == 0, proc.stderr
-    y = np.fromfile(tmp_path / "y.bin", dtype=np.float32).reshape(nt, m)
-    q, d = ref_quantize_tl(x)
-    assert_bits_equal(y, ref_tl(codes, 0.5, q, d))
+    assert proc.stdout.splitlines()[0] == f"path {kernel}"
+    bad = []
+    for name, y_ref in want.items():
+        y = np.fromfile(tmp_path / f"{name}.y", dtype=np.float32).reshape(y_ref.shape)
+        if not np.array_equal(y.view(np.uint32), y_ref.astype(np.float32).view(np.uint32)):
+            bad.append(name)
+    assert not bad, f"{kernel} on {cpu}: not bit-exact for {bad}"
+
+
+def test_arm_qemu_path_choice(arm_driver: Path, tmp_path: Path) -> None:
+    """NEON is baseline on aarch64: "auto" picks it; an x86 path is refused (exit 7)."""
+    empty = tmp_path / "none.txt"
+    empty.write_text("")
+    proc = qemu(arm_driver, "auto", empty, tmp_path, cpu="cortex-a53")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "path neon"
+    assert qemu(arm_driver, "avx2", empty, tmp_path).returncode == 7

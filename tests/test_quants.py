@@ -140,7 +140,12 @@ def test_scale_is_stored_exactly_in_the_tail(name):
     data = qt.pack(rand_codes(shape), scale)
     tail = data[-32:]
     assert tail[:4].view("<f4")[0] == np.float32(scale)
-    assert not tail[4:].any()
+    if name == "i2_s":
+        assert not tail[4:].any()
+    else:  # TL1/TL2: the tiles, BM, BK, bm as uint32 LE, then zeros
+        t = qt.tiling(shape)
+        assert tail[4:16].view("<u4").tolist() == [t.BM, t.BK, t.bm]
+        assert not tail[16:].any()
     assert qt.unpack(data, shape)[1] == np.float32(scale)
 
 
@@ -335,6 +340,118 @@ def test_tl_unpack_rejects_invalid_indices():
     bad[1280] = 0x9F
     with pytest.raises(CorruptFileError, match="above 8"):
         tl2q.unpack(bad, (32, 256))
+
+
+# --- TL1 / TL2 with other tiles (recorded in the tail) --------------------------------------------
+
+#: (type, shape, tiles) that are valid but not default_tiling's: small BM, bm 64, BK 256 (TL1);
+#: BM up to 1024, every BK of the list, remainders two_k 0..128 (TL2).
+OTHER_TILINGS = [
+    ("tl1", (64, 256), quants.Tiling(32, 64, 32)),
+    ("tl1", (128, 512), quants.Tiling(64, 256, 64)),
+    ("tl1", (96, 200), quants.Tiling(32, 8, 32)),
+    ("tl1", (1024, 64), quants.Tiling(1024, 32, 64)),
+    ("tl2", (64, 256), quants.Tiling(32, 192, 32)),
+    ("tl2", (96, 288), quants.Tiling(32, 72, 32)),
+    ("tl2", (128, 512), quants.Tiling(64, 120, 32)),
+    ("tl2", (1024, 264), quants.Tiling(1024, 24, 32)),
+    ("tl2", (160, 1024), quants.Tiling(32, 120, 32)),
+    ("tl2", (64, 368), quants.Tiling(64, 168, 32)),
+]
+
+
+@pytest.mark.parametrize(("name", "shape", "t"), OTHER_TILINGS)
+def test_tl_other_tilings_round_trip_and_follow_the_tile_order(name, shape, t):
+    qt = quants.get(name)
+    assert t != qt.tiling(shape) and quants.tiling.tiling_error(*shape, name, t) is None
+    codes = rand_codes(shape, 11)
+    data = qt.pack(codes, 0.375, tiling=t)
+    assert data.size == qt.nbytes(shape)  # the size depends on the shape only
+    back, scale = qt.unpack(data, shape)  # the tiles come from the tail
+    np.testing.assert_array_equal(back, codes)
+    assert scale == np.float32(0.375)
+    assert qt.recorded_tiling(data, shape) == t
+    assert data[-28:-16].view("<u4").tolist() == [t.BM, t.BK, t.bm] and not data[-16:].any()
+    ref = (tl1_reference if name == "tl1" else tl2_reference)(codes, t)
+    np.testing.assert_array_equal(data[: ref.size], ref)
+    # the default packing is a different byte stream of the same codes
+    assert not np.array_equal(qt.pack(codes, 0.375), data)
+
+
+@pytest.mark.parametrize("name", ["tl1", "tl2"])
+def test_tl_every_candidate_tiling_round_trips(name):
+    shape = (128, 264) if name == "tl2" else (128, 96)
+    qt = quants.get(name)
+    codes = rand_codes(shape, 5)
+    cands = quants.tiling.candidate_tilings(*shape, name)
+    assert qt.tiling(shape) in cands and len(cands) > 4
+    for t in cands:
+        np.testing.assert_array_equal(qt.unpack(qt.pack(codes, 1.0, tiling=t), shape)[0], codes)
+
+
+@pytest.mark.parametrize("name", ["tl1", "tl2"])
+def test_tl_unrecorded_tiles_mean_the_default(name):
+    """Files from before the record have zeros after the scale: they unpack with the default."""
+    shape = TERNARY_SHAPES[name][2]
+    qt = quants.get(name)
+    codes = rand_codes(shape, 2)
+    data = qt.pack(codes, 0.5)
+    assert qt.recorded_tiling(data, shape) == qt.tiling(shape)  # always written, even default
+    old = data.copy()
+    old[-28:] = 0
+    assert qt.recorded_tiling(old, shape) is None
+    back, scale = qt.unpack(old, shape)
+    np.testing.assert_array_equal(back, codes)
+    assert scale == np.float32(0.5)
+
+
+@pytest.mark.parametrize(
+    ("name", "record", "why"),
+    [
+        ("tl1", [48, 128, 32], "BM = 48 is not a multiple of bm = 32"),
+        ("tl1", [64, 128, 48], "bm = 48 is not 32 or 64"),
+        ("tl1", [64, 0, 32], "not positive"),
+        ("tl1", [2048, 128, 32], "above 1024"),
+        ("tl2", [64, 100, 32], "BK = 100 is not a multiple of 24"),
+        ("tl2", [64, 96, 64], "bm = 64 is not 32"),
+        ("tl2", [0xFFFFFFFF, 96, 32], "BM = 4294967295"),
+    ],
+)
+def test_tl_invalid_tile_record_is_corrupt(name, record, why):
+    shape = (128, 256) if name == "tl1" else (64, 256)
+    qt = quants.get(name)
+    data = qt.pack(rand_codes(shape), 1.0)
+    data[-28:-16] = np.array(record, "<u4").view(np.uint8)
+    for fn in (qt.unpack, qt.dequantize):
+        with pytest.raises(CorruptFileError, match="records tiles") as exc:
+            fn(data, shape)
+        assert why in str(exc.value) and "convert the model again" in exc.value.hint
+
+
+def test_tl_pack_refuses_tiles_that_do_not_fit():
+    codes = rand_codes((64, 256))
+    with pytest.raises(ShapeError, match="BM = 96 does not divide M = 64"):
+        quants.get("tl1").pack(codes, 1.0, tiling=quants.Tiling(96, 128, 32))
+    with pytest.raises(ShapeError, match="remainder K % BK = 112"):
+        quants.get("tl2").pack(np.zeros((64, 400), np.int8), 1.0, tiling=quants.Tiling(64, 144, 32))
+    with pytest.raises(ShapeError, match="BK = 512 is above 256") as exc:
+        quants.get("tl1").pack(codes, 1.0, tiling=quants.Tiling(64, 512, 32))
+    assert "--tune" in exc.value.hint
+    with pytest.raises(TypeError):
+        quants.get("tl1").pack(codes, 1.0, tiling=(64, 128, 32))
+
+
+def test_default_tiling_is_the_first_preferred_valid_candidate():
+    """default_tiling's search and tiling_error are one rule set."""
+    T = quants.tiling
+    for m, k in [(2560, 2560), (640, 2560), (3200, 8640), (96, 200), (128, 260), (320, 392)]:
+        for name in ("tl1", "tl2"):
+            if T.tiling_problem(m, k, name) is not None:
+                assert T.candidate_tilings(m, k, name) == []
+                continue
+            t = T.default_tiling(m, k, name)
+            assert T.tiling_error(m, k, name, t) is None
+            assert t in T.candidate_tilings(m, k, name) and t.BM <= T.MAX_BM
 
 
 @pytest.mark.parametrize("model", sorted(MODEL_SHAPES))

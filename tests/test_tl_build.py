@@ -70,6 +70,11 @@ def _keys(entries) -> set[tuple[str, int, int]]:
     return {(e.qtype, e.M, e.K) for e in entries}
 
 
+def _served(build_dir: Path) -> set[tuple[str, int, int]]:
+    """(type, M, K) of the entries a build serves (served_tl_shapes gives them with tiles)."""
+    return {row[:3] for row in B.served_tl_shapes(build_dir)}
+
+
 # --- registry -------------------------------------------------------------------------------------
 
 
@@ -110,13 +115,13 @@ def test_ensure_rebuilds_the_build_in_use_only_when_it_lacks_the_shapes(
 ) -> None:
     for cpu in ("native", "generic"):
         B.run_build(B.plan_build(B.BuildOptions(cpu=cpu, cache=cache)))
-    assert len(builds) == 2 and all(("tl2", *ODD) not in B.served_tl_shapes(p.build_dir)
+    assert len(builds) == 2 and all(("tl2", *ODD) not in _served(p.build_dir)
                                     for p in builds)  # fmt: skip
 
     check = B.ensure_tl_kernels(odd_models["tl2"])
     assert [p.name for p in check.rebuilt] == ["build-native"]  # the one `bitnet run` uses
     assert len(builds) == 3 and builds[2].options.cpu == "native"
-    assert ("tl2", *ODD) in B.served_tl_shapes(cache / "build-native")
+    assert ("tl2", *ODD) in _served(cache / "build-native")
     header = builds[2].overlay[f"{B.TL_SHAPES_DEST}/{codegen.HEADER_NAME}"]
     assert header.parent == cache / "codegen" and "GENERATED" in header.read_text()
 
@@ -142,7 +147,7 @@ def test_setup_env_tl_shapes_registers_and_rebuilds(cache, builds, odd_models) -
     B.run_build(B.plan_build(B.BuildOptions(cache=cache)))
     opts = B.BuildOptions(cache=cache, tl_shapes=(str(odd_models["hf"]),))
     B.run_build(B.plan_build(opts))
-    served = B.served_tl_shapes(builds[-1].build_dir)
+    served = _served(builds[-1].build_dir)
     assert len(builds) == 2 and {("tl1", *ODD), ("tl2", *ODD)} <= served
     assert B.plan_build(B.BuildOptions(cache=cache)).up_to_date  # remembered without the flag
 
@@ -155,7 +160,9 @@ def test_missing_shape_is_refused_before_llama_cpp_runs(cache, builds, odd_model
     exe = cache / "build-native" / "bin" / "llama-completion"
     with pytest.raises(BuildError) as err:
         B.check_tl_served(odd_models["tl2"], exe)
-    assert "TL2 weights of shape (192, 384) and 3 more" in str(err.value)
+    assert "TL2 weights of shape (192, 384) with tiles (BM 192, BK 96, bm 32) and 3 more" in str(
+        err.value
+    )
     assert "--tl-shapes" in err.value.hint
     B.check_tl_served(odd_models["i2_s"], exe)  # no TL tensors: fine
     B.ensure_tl_kernels(odd_models["tl2"])
@@ -169,13 +176,79 @@ def test_cli_convert_tl_registers_shapes_without_a_build(cache, builds, odd_mode
                             "--json"])  # fmt: skip
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
-    assert ["tl2", *ODD] in doc["tl_kernels"]["shapes"] and doc["tl_kernels"]["rebuilt"] == []
+    assert ["tl2", *ODD, 192, 96, 32] in doc["tl_kernels"]["shapes"]  # with the default tiles
+    assert doc["tl_kernels"]["rebuilt"] == []
     assert ("tl2", *ODD) in _keys(codegen.load_registry(B.tl_registry(cache)))
 
     B.run_build(B.plan_build(B.BuildOptions(cache=cache)))  # the next setup_env.py
-    assert ("tl2", *ODD) in B.served_tl_shapes(cache / "build-native")
+    assert ("tl2", *ODD) in _served(cache / "build-native")
 
     r = runner.invoke(app, ["convert", str(odd_models["hf"]), "--outtype", "tl1", "-o",
                             str(tmp_path / "n.gguf"), "--no-build"])  # fmt: skip
     assert r.exit_code == 0, r.output
     assert ("tl1", *ODD) not in _keys(codegen.load_registry(B.tl_registry(cache)))
+
+
+# --- tiles other than the default (bitnet codegen --tune, convert --tuned) ---------------------
+
+
+@pytest.fixture(scope="module")
+def tuned_models(tmp_path_factory, odd_models) -> dict[str, Path]:
+    """The hidden-384 model as TL2 with tuned tiles for (384, 384), and the tiny (hidden 256)
+    model as TL2 with the committed table's TEST_TILES and with tiles no table serves."""
+    from bitnet.tools.quants import Tiling
+
+    tmp = tmp_path_factory.mktemp("tl-tuned")
+    tiny = make_dummy(tmp / "tiny", preset="tiny", hidden=256, ffn=512, seed=0)
+    shapes = codegen.KNOWN_SHAPES[codegen.TEST_TILES_MODEL]
+    test_tiles = Tiling(*codegen.TEST_TILES["tl2"])
+    plans = {
+        "odd": (odd_models["hf"], {("tl2", *ODD): Tiling(128, 192, 32)}),
+        "test-tiles": (tiny, {("tl2", m, k): test_tiles for m, k in shapes}),
+        "unserved": (tiny, {("tl2", 256, 256): Tiling(32, 96, 32)}),
+    }
+    out = {}
+    for name, (ckpt, tiles) in plans.items():
+        out[name] = tmp / f"{name}.gguf"
+        convert_checkpoint(ckpt, out[name], outtype="tl2", tiles=tiles)
+    return out
+
+
+def test_ensure_registers_and_serves_the_recorded_tiles(cache, builds, tuned_models) -> None:
+    B.run_build(B.plan_build(B.BuildOptions(cache=cache)))
+    tuned = ("tl2", *ODD, 128, 192, 32)
+    check = B.ensure_tl_kernels(tuned_models["odd"])
+    assert tuned in check.needed and ("tl2", *ODD, 192, 96, 32) not in check.needed
+    assert [p.name for p in check.rebuilt] == ["build-native"]
+    served = B.served_tl_shapes(cache / "build-native")
+    assert tuned in served and ("tl2", *ODD, 192, 96, 32) in served  # + the shape's default
+    header = builds[-1].overlay[f"{B.TL_SHAPES_DEST}/{codegen.HEADER_NAME}"].read_text()
+    assert "{BITNET_TL2, {   384,    384,  128,  192,  32}, 0}," in header
+    B.check_tl_served(tuned_models["odd"], cache / "build-native" / "bin" / "llama-completion")
+    assert B.ensure_tl_kernels(tuned_models["odd"]).rebuilt == []
+
+
+def test_the_committed_table_serves_the_test_tiles_only(cache, builds, tuned_models) -> None:
+    B.run_build(B.plan_build(B.BuildOptions(cache=cache)))
+    exe = cache / "build-native" / "bin" / "llama-completion"
+    B.check_tl_served(tuned_models["test-tiles"], exe)
+    assert B.ensure_tl_kernels(tuned_models["test-tiles"]).rebuilt == []  # nothing to build
+    with pytest.raises(BuildError) as err:
+        B.check_tl_served(tuned_models["unserved"], exe)
+    assert "shape (256, 256) with tiles (BM 32, BK 96, bm 32)" in str(err.value)
+    assert "--tl-shapes" in err.value.hint
+
+
+def test_old_stamp_rows_mean_default_tiles(cache, builds, tuned_models, odd_models) -> None:
+    B.run_build(B.plan_build(B.BuildOptions(cache=cache)))
+    stamp_file = cache / "build-native" / "bitnet-stamp.json"
+    stamp = json.loads(stamp_file.read_text())
+    stamp["tl_shapes"] = [["tl2", *ODD], ["tl2", 192, 384], ["tl2", 384, 768], ["tl2", 768, 384],
+                          ["tl2", 100, 256]]  # fmt: skip
+    stamp_file.write_text(json.dumps(stamp))
+    served = B.served_tl_shapes(cache / "build-native")
+    assert ("tl2", *ODD, 192, 96, 32) in served and len(served) == 4  # (100, 256) cannot be TL2
+    exe = cache / "build-native" / "bin" / "llama-completion"
+    B.check_tl_served(odd_models["tl2"], exe)  # default tiles: served by the old build
+    with pytest.raises(BuildError, match=r"tiles \(BM 128, BK 192, bm 32\)"):
+        B.check_tl_served(tuned_models["odd"], exe)

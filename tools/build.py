@@ -420,13 +420,17 @@ def tl_shapes_header(cache: Path, models: Sequence[str]) -> Path:
     )[0]
 
 
-def served_tl_shapes(build_dir: Path) -> set[tuple[str, int, int]] | None:
-    """(type, M, K) of every TL shape a finished build serves (from its stamp); None when the
-    build is missing or predates this record."""
+def served_tl_shapes(build_dir: Path) -> set[tuple[str, int, int, int, int, int]] | None:
+    """(type, M, K, BM, BK, bm) of every TL table entry a finished build serves (from its
+    stamp; [type, M, K] rows of older stamps mean the default tiles); None when the build is
+    missing or predates this record."""
+    from bitnet.tools import codegen
+
     stamp = read_stamp(build_dir)
     if not stamp or "tl_shapes" not in stamp:
         return None
-    return {(str(t), int(m), int(k)) for t, m, k in stamp["tl_shapes"]}
+    entries = (codegen.entry_from_row(r) for r in stamp["tl_shapes"] or [])
+    return {e.key for e in entries if e is not None}
 
 
 def check_tl_served(model: Path, binary: Path) -> None:
@@ -439,13 +443,14 @@ def check_tl_served(model: Path, binary: Path) -> None:
     served = served_tl_shapes(build_dir)
     if served is None:
         return
-    missing = sorted({(e.qtype, e.M, e.K) for e in codegen.tl_entries(model)} - served)
+    missing = sorted({e.key for e in codegen.tl_entries(model)} - served)
     if missing:
-        qtype, m, k = missing[0]
+        qtype, m, k, bm_tile, bk, bm = missing[0]
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise BuildError(
-            f"{Path(model).name} has {qtype.upper()} weights of shape ({m}, {k}){more} that the "
-            f"llama.cpp build in {build_dir} has no TL kernels for.",
+            f"{Path(model).name} has {qtype.upper()} weights of shape ({m}, {k}) with tiles "
+            f"(BM {bm_tile}, BK {bk}, bm {bm}){more} that the llama.cpp build in {build_dir} "
+            "has no TL kernels for.",
             hint=f"rebuild with: python setup_env.py --tl-shapes {model} "
             "(or convert with --outtype i2_s)",
         )
@@ -455,7 +460,7 @@ def check_tl_served(model: Path, binary: Path) -> None:
 class TLKernelCheck:
     """What `ensure_tl_kernels` found and did."""
 
-    needed: set[tuple[str, int, int]]
+    needed: set[tuple[str, int, int, int, int, int]]  # (type, M, K, BM, BK, bm)
     rebuilt: list[Path] = field(default_factory=list)
     up_to_date: list[Path] = field(default_factory=list)
     registered: bool = False
@@ -464,9 +469,10 @@ class TLKernelCheck:
 def ensure_tl_kernels(
     model: Path, cache: Path | None = None, progress: ProgressFn | None = None
 ) -> TLKernelCheck:
-    """Make the llama.cpp build that `bitnet run` uses serve the TL1/TL2 shapes of `model`.
+    """Make the llama.cpp build that `bitnet run` uses serve the TL1/TL2 shapes of `model`,
+    with the tiles its tensors record.
 
-    The shapes are added to the cache's registry, so every later `setup_env.py` build (any
+    The entries are added to the cache's registry, so every later `setup_env.py` build (any
     --cpu) serves them too. The build in use (native first, as find_binary picks) is rebuilt if
     its stamp lacks one of them: the regenerated table changes, so its stamp does, and ccache
     keeps that to the changed file and a relink. A GGUF without TL tensors, or a build that
@@ -476,7 +482,7 @@ def ensure_tl_kernels(
 
     cache = (cache or default_cache()).expanduser()
     entries = codegen.tl_entries(model)
-    check = TLKernelCheck({(e.qtype, e.M, e.K) for e in entries})
+    check = TLKernelCheck({e.key for e in entries})
     if not entries:
         return check
     check.registered = codegen.register(tl_registry(cache), entries)
@@ -873,13 +879,13 @@ def run_build(plan: BuildPlan, progress: ProgressFn | None = None) -> BuildResul
 
 
 def _tl_shapes_of(plan: BuildPlan) -> list[list]:
-    """[type, M, K] of every entry of the shape table the plan compiles in."""
+    """[type, M, K, BM, BK, bm] of every entry of the shape table the plan compiles in."""
     from bitnet.tools import codegen
 
     header = plan.overlay.get(f"{TL_SHAPES_DEST}/{codegen.HEADER_NAME}")
     if header is None:
         return []
-    return sorted([e.qtype, e.M, e.K] for e in codegen.parse_header(header.read_text()))
+    return sorted(list(e.key) for e in codegen.parse_header(header.read_text()))
 
 
 def build(options: BuildOptions, progress: ProgressFn | None = None) -> BuildResult:

@@ -244,7 +244,7 @@ class KernelLib(_PathChoice):
 #: ggml-independent type codes of bitnet-tl.h (BITNET_TL1, BITNET_TL2).
 TL_TYPES = {"tl1": 1, "tl2": 2}
 #: TL2 lookup paths the library knows; `TLKernels.available()` says which run here.
-TL_KERNEL_NAMES: tuple[str, ...] = ("scalar", "avx2")
+TL_KERNEL_NAMES: tuple[str, ...] = ("scalar", "avx2", "avx512", "neon")
 
 
 class TLTiling(ctypes.Structure):
@@ -272,6 +272,7 @@ def _declare_tl(lib: ctypes.CDLL) -> None:
             [i32, tp, i64, i64, i64, vp, ctypes.c_float, vp, i64, vp, vp, i64],
             None,
         ),
+        "bitnet_tl_tail_tiling": ([i32, vp, i64, i64, tp], i32),
         "bitnet_tl_kernel_name": ([], ctypes.c_char_p),
         "bitnet_tl_set_kernel": ([ctypes.c_char_p], i32),
     }
@@ -286,7 +287,7 @@ class TLKernels(_PathChoice):
 
     tl = kernels_lib.load().tl
     q, d = tl.quantize_rows(x)                        # (nt, K) int8, (nt,) float32
-    y = tl.mul_mat("tl2", packed, (M, K), q, d)       # (nt, M) float32, scale from the tail
+    y = tl.mul_mat("tl2", packed, (M, K), q, d)       # (nt, M) float32; scale, tiles: the tail
     """
 
     _prefix = "bitnet_tl"
@@ -303,6 +304,18 @@ class TLKernels(_PathChoice):
 
         t = default_tiling(m, k, qtype)
         return TLTiling(m, k, t.BM, t.BK, t.bm)
+
+    def tensor_tiling(self, qtype: str, w: np.ndarray, m: int, k: int) -> TLTiling:
+        """The tiles a packed tensor records in its tail (default_tiling's when unrecorded)."""
+        t = self.tiling(qtype, m, k)
+        w = np.ascontiguousarray(w, dtype=np.uint8)
+        rc = self._lib.bitnet_tl_tail_tiling(TL_TYPES[qtype], _c_ptr(w), m, k, ctypes.byref(t))
+        if rc < 0:
+            raise ShapeError(
+                f"the {qtype} tensor records tiles ({t.BM}, {t.BK}, {t.bm}) that cannot tile "
+                f"({m}, {k})."
+            )
+        return t
 
     def valid(self, qtype: str, t: TLTiling) -> bool:
         return bool(self._lib.bitnet_tl_tiling_valid(TL_TYPES[qtype], ctypes.byref(t)))
@@ -356,10 +369,10 @@ class TLKernels(_PathChoice):
         `tiles` = (tile0, tile1) limits the BM-row tiles computed (others stay as in `out`).
         """
         m, k = shape
-        t = self.tiling(qtype, m, k)
         w = np.ascontiguousarray(w, dtype=np.uint8)
         if w.size != self.nbytes(qtype, m, k):
             raise ShapeError(f"{qtype} tensor of shape {shape} has {w.size} bytes, not nbytes.")
+        t = self.tensor_tiling(qtype, w, m, k)
         q = np.ascontiguousarray(q, dtype=np.int8).reshape(-1, k)
         d = np.ascontiguousarray(d, dtype=np.float32).reshape(-1)
         nt = q.shape[0]
@@ -382,6 +395,27 @@ class TLKernels(_PathChoice):
             out.shape[1],
         )
         return out
+
+    def mul_mat_raw(
+        self,
+        qtype: str,
+        t: TLTiling,
+        tiles: tuple[int, int],
+        nt: int,
+        w: int,
+        w_scale: float,
+        lut: int,
+        lut_stride: int,
+        d: int,
+        y: int,
+        y_stride: int,
+    ) -> None:
+        """`bitnet_tl_mul_mat` with raw addresses and no checks (benchmarks: no per-call cost);
+        `lut_stride` and `y_stride` count int16 entries and floats."""
+        self._lib.bitnet_tl_mul_mat(
+            TL_TYPES[qtype], ctypes.byref(t), tiles[0], tiles[1], nt, w, w_scale, lut,
+            lut_stride, d, y, y_stride,
+        )  # fmt: skip
 
 
 @functools.cache

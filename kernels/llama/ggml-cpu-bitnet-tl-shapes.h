@@ -4,12 +4,16 @@
  *     bitnet codegen MODEL [MODEL ...] -o kernels/llama/ggml-cpu-bitnet-tl-shapes.h
  * or let `python setup_env.py --tl-shapes MODEL` regenerate it into the build cache.
  *
- * The TL1/TL2 weight shapes this build serves and their tiles (BM, BK, bm), from
- * tools/quants/tiling.py `default_tiling(M, K, type)` — the same function the converter packs
- * with, so the kernels read the bytes the converter wrote. A TL weight whose (type, M, K) is not
- * listed is refused at run time with a "rebuild with" message (never computed with other tiles).
+ * The TL1/TL2 weight shapes this build serves and their tiles (BM, BK, bm): each shape's
+ * `default_tiling(M, K, type)` (tools/quants/tiling.py, flagged is_default), plus the tiles of
+ * registered models (e.g. tuned by `bitnet codegen --tune`). A shape may have several entries.
+ * The glue picks the entry equal to the tiles recorded in the weight's tail, or the is_default
+ * entry when none are recorded (files from before the record were packed with default_tiling),
+ * so the kernels read the bytes the converter wrote. A TL weight whose (type, M, K, tiles) is
+ * not listed is refused at run time with a "rebuild with" message (never computed with other
+ * tiles).
  *
- * Sources: known BitNet model shapes (tools/codegen.py KNOWN_SHAPES)
+ * Sources: known BitNet model shapes + test tiles (tools/codegen.py KNOWN_SHAPES, TEST_TILES)
  */
 #pragma once
 
@@ -18,48 +22,57 @@
 typedef struct {
     int type;            /* BITNET_TL1 or BITNET_TL2 */
     bitnet_tl_tiling t;  /* M, K, BM, BK, bm */
+    int is_default;      /* 1: default_tiling(M, K, type), used for tensors without a record */
 } bitnet_tl_shape;
 
 /* sha256 (first 16 hex digits) of the table below: names this shape set in error messages */
-#define BITNET_TL_SHAPES_DIGEST "58bf11bd3d30d47f"
-#define BITNET_TL_N_SHAPES 36
+#define BITNET_TL_SHAPES_DIGEST "dca648c1953cba0d"
+#define BITNET_TL_N_SHAPES 44
 
 static const bitnet_tl_shape BITNET_TL_SHAPES[BITNET_TL_N_SHAPES > 0 ? BITNET_TL_N_SHAPES : 1] = {
-    /* type         M       K       BM    BK   bm      three_k / two_k (TL2) */
-    {BITNET_TL1, {   128,    256,  128,  128,  32}},
-    {BITNET_TL1, {   256,    256,  256,  128,  32}},
-    {BITNET_TL1, {   256,    512,  256,  128,  32}},
-    {BITNET_TL1, {   512,    256,  256,  128,  32}},
-    {BITNET_TL1, {   640,   2560,  160,  128,  32}},
-    {BITNET_TL1, {  1024,   4096,  256,  128,  32}},
-    {BITNET_TL1, {  1536,   1536,  256,  128,  32}},
-    {BITNET_TL1, {  1536,   4096,  256,  128,  32}},
-    {BITNET_TL1, {  2560,   2560,  256,  128,  32}},
-    {BITNET_TL1, {  2560,   6912,  256,  128,  32}},
-    {BITNET_TL1, {  3200,   3200,  160,  128,  32}},
-    {BITNET_TL1, {  3200,   8640,  160,   64,  32}},
-    {BITNET_TL1, {  4096,   1536,  256,  128,  32}},
-    {BITNET_TL1, {  4096,   4096,  256,  128,  32}},
-    {BITNET_TL1, {  4096,  14336,  256,  128,  32}},
-    {BITNET_TL1, {  6912,   2560,  256,  128,  32}},
-    {BITNET_TL1, {  8640,   3200,  192,  128,  32}},
-    {BITNET_TL1, { 14336,   4096,  256,  128,  32}},
-    {BITNET_TL2, {   128,    256,  128,   96,  32}},  /* 192 / 64 */
-    {BITNET_TL2, {   256,    256,  256,   96,  32}},  /* 192 / 64 */
-    {BITNET_TL2, {   256,    512,  256,   96,  32}},  /* 480 / 32 */
-    {BITNET_TL2, {   512,    256,  256,   96,  32}},  /* 192 / 64 */
-    {BITNET_TL2, {   640,   2560,  160,   96,  32}},  /* 2496 / 64 */
-    {BITNET_TL2, {  1024,   4096,  256,   96,  32}},  /* 4032 / 64 */
-    {BITNET_TL2, {  1536,   1536,  256,   96,  32}},  /* 1536 / 0 */
-    {BITNET_TL2, {  1536,   4096,  256,   96,  32}},  /* 4032 / 64 */
-    {BITNET_TL2, {  2560,   2560,  256,   96,  32}},  /* 2496 / 64 */
-    {BITNET_TL2, {  2560,   6912,  256,   96,  32}},  /* 6912 / 0 */
-    {BITNET_TL2, {  3200,   3200,  160,   96,  32}},  /* 3168 / 32 */
-    {BITNET_TL2, {  3200,   8640,  160,   96,  32}},  /* 8640 / 0 */
-    {BITNET_TL2, {  4096,   1536,  256,   96,  32}},  /* 1536 / 0 */
-    {BITNET_TL2, {  4096,   4096,  256,   96,  32}},  /* 4032 / 64 */
-    {BITNET_TL2, {  4096,  14336,  256,   96,  32}},  /* 14304 / 32 */
-    {BITNET_TL2, {  6912,   2560,  256,   96,  32}},  /* 2496 / 64 */
-    {BITNET_TL2, {  8640,   3200,  192,   96,  32}},  /* 3168 / 32 */
-    {BITNET_TL2, { 14336,   4096,  256,   96,  32}},  /* 4032 / 64 */
+    /* type         M       K       BM    BK   bm   default   three_k / two_k (TL2) */
+    {BITNET_TL1, {   128,    256,   64,   64,  64}, 0},
+    {BITNET_TL1, {   128,    256,  128,  128,  32}, 1},
+    {BITNET_TL1, {   256,    256,   64,   64,  64}, 0},
+    {BITNET_TL1, {   256,    256,  256,  128,  32}, 1},
+    {BITNET_TL1, {   256,    512,   64,   64,  64}, 0},
+    {BITNET_TL1, {   256,    512,  256,  128,  32}, 1},
+    {BITNET_TL1, {   512,    256,   64,   64,  64}, 0},
+    {BITNET_TL1, {   512,    256,  256,  128,  32}, 1},
+    {BITNET_TL1, {   640,   2560,  160,  128,  32}, 1},
+    {BITNET_TL1, {  1024,   4096,  256,  128,  32}, 1},
+    {BITNET_TL1, {  1536,   1536,  256,  128,  32}, 1},
+    {BITNET_TL1, {  1536,   4096,  256,  128,  32}, 1},
+    {BITNET_TL1, {  2560,   2560,  256,  128,  32}, 1},
+    {BITNET_TL1, {  2560,   6912,  256,  128,  32}, 1},
+    {BITNET_TL1, {  3200,   3200,  160,  128,  32}, 1},
+    {BITNET_TL1, {  3200,   8640,  160,   64,  32}, 1},
+    {BITNET_TL1, {  4096,   1536,  256,  128,  32}, 1},
+    {BITNET_TL1, {  4096,   4096,  256,  128,  32}, 1},
+    {BITNET_TL1, {  4096,  14336,  256,  128,  32}, 1},
+    {BITNET_TL1, {  6912,   2560,  256,  128,  32}, 1},
+    {BITNET_TL1, {  8640,   3200,  192,  128,  32}, 1},
+    {BITNET_TL1, { 14336,   4096,  256,  128,  32}, 1},
+    {BITNET_TL2, {   128,    256,   64,  192,  32}, 0},  /* 192 / 64 */
+    {BITNET_TL2, {   128,    256,  128,   96,  32}, 1},  /* 192 / 64 */
+    {BITNET_TL2, {   256,    256,   64,  192,  32}, 0},  /* 192 / 64 */
+    {BITNET_TL2, {   256,    256,  256,   96,  32}, 1},  /* 192 / 64 */
+    {BITNET_TL2, {   256,    512,   64,  192,  32}, 0},  /* 384 / 128 */
+    {BITNET_TL2, {   256,    512,  256,   96,  32}, 1},  /* 480 / 32 */
+    {BITNET_TL2, {   512,    256,   64,  192,  32}, 0},  /* 192 / 64 */
+    {BITNET_TL2, {   512,    256,  256,   96,  32}, 1},  /* 192 / 64 */
+    {BITNET_TL2, {   640,   2560,  160,   96,  32}, 1},  /* 2496 / 64 */
+    {BITNET_TL2, {  1024,   4096,  256,   96,  32}, 1},  /* 4032 / 64 */
+    {BITNET_TL2, {  1536,   1536,  256,   96,  32}, 1},  /* 1536 / 0 */
+    {BITNET_TL2, {  1536,   4096,  256,   96,  32}, 1},  /* 4032 / 64 */
+    {BITNET_TL2, {  2560,   2560,  256,   96,  32}, 1},  /* 2496 / 64 */
+    {BITNET_TL2, {  2560,   6912,  256,   96,  32}, 1},  /* 6912 / 0 */
+    {BITNET_TL2, {  3200,   3200,  160,   96,  32}, 1},  /* 3168 / 32 */
+    {BITNET_TL2, {  3200,   8640,  160,   96,  32}, 1},  /* 8640 / 0 */
+    {BITNET_TL2, {  4096,   1536,  256,   96,  32}, 1},  /* 1536 / 0 */
+    {BITNET_TL2, {  4096,   4096,  256,   96,  32}, 1},  /* 4032 / 64 */
+    {BITNET_TL2, {  4096,  14336,  256,   96,  32}, 1},  /* 14304 / 32 */
+    {BITNET_TL2, {  6912,   2560,  256,   96,  32}, 1},  /* 2496 / 64 */
+    {BITNET_TL2, {  8640,   3200,  192,   96,  32}, 1},  /* 3168 / 32 */
+    {BITNET_TL2, { 14336,   4096,  256,   96,  32}, 1},  /* 4032 / 64 */
 };

@@ -1,7 +1,9 @@
 // ggml-cpu glue for BitNet's TL1/TL2 weights: the mul_mat of one graph node, run by every thread
-// of the ggml pool. The arithmetic lives in kernels/bitnet-tl.c; the tiles of each weight shape
-// come from the generated table ggml-cpu-bitnet-tl-shapes.h (`bitnet codegen`), the same tiles
-// the converter packed with (tools/quants/tiling.py default_tiling).
+// of the ggml pool. The arithmetic lives in kernels/bitnet-tl.c. A weight's tiles are the ones
+// recorded in its tail (bitnet_tl_tail_tiling; the converter packed with them), and the build
+// serves a (type, M, K, tiles) only if the generated table ggml-cpu-bitnet-tl-shapes.h
+// (`bitnet codegen`) lists it. A tensor without a record (a file from before the record) was
+// packed with tools/quants/tiling.py default_tiling: the entry the table flags is_default.
 //
 // ref: bitnet docs/formats.md (TL1/TL2 layouts, scale tail), kernels/bitnet-tl.h (contract).
 
@@ -12,6 +14,7 @@
 #include "ggml-cpu-impl.h"
 #include "ggml-impl.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #define TL_ALIGN 64
@@ -25,16 +28,36 @@ static int tl_code(enum ggml_type type) {
     return type == GGML_TYPE_TL1 ? BITNET_TL1 : BITNET_TL2;
 }
 
-// The table entry of (type, M, K), or NULL when this build was not generated for the shape.
-static const bitnet_tl_tiling * tl_find(enum ggml_type type, int64_t M, int64_t K) {
-    const int code = tl_code(type);
+// The table entry of a (type, M, K) weight packed with tiles `rec` (NULL: not recorded, so the
+// entry flagged is_default), or NULL when this build was not generated for them.
+static const bitnet_tl_tiling * tl_find(int code, int64_t M, int64_t K,
+                                        const bitnet_tl_tiling * rec) {
     for (int i = 0; i < BITNET_TL_N_SHAPES; i++) {
         const bitnet_tl_shape * s = &BITNET_TL_SHAPES[i];
-        if (s->type == code && s->t.M == M && s->t.K == K) {
+        if (s->type != code || s->t.M != M || s->t.K != K) {
+            continue;
+        }
+        const int same = rec && s->t.BM == rec->BM && s->t.BK == rec->BK && s->t.bm == rec->bm;
+        if (rec ? same : s->is_default) {
             return &s->t;
         }
     }
     return NULL;
+}
+
+// The longest LUT (int16 entries per token) of any entry of (type, M, K), 0 when none: the work
+// buffer is sized at graph-plan time without reading the weight's data (TL2's LUT length
+// depends on BK through three_k / two_k, TL1's only on K).
+static int64_t tl_max_lut_len(int code, int64_t M, int64_t K) {
+    int64_t n = 0;
+    for (int i = 0; i < BITNET_TL_N_SHAPES; i++) {
+        const bitnet_tl_shape * s = &BITNET_TL_SHAPES[i];
+        if (s->type == code && s->t.M == M && s->t.K == K) {
+            const int64_t len = bitnet_tl_lut_len(code, &s->t);
+            n = len > n ? len : n;
+        }
+    }
+    return n;
 }
 
 // Work buffer layout: [d: n_tok floats][q: n_tok x pad(K) int8][LUT: n_tok x lut_len int16].
@@ -43,12 +66,12 @@ static size_t tl_lut_offset(int64_t n_tok, int64_t K) {
 }
 
 size_t ggml_bitnet_tl_wsize(const struct ggml_tensor * src0, const struct ggml_tensor * src1) {
-    const bitnet_tl_tiling * t = tl_find(src0->type, src0->ne[1], src0->ne[0]);
-    if (t == NULL) {
+    const int64_t lut_len = tl_max_lut_len(tl_code(src0->type), src0->ne[1], src0->ne[0]);
+    if (lut_len == 0) {
         return 0;  // refused with a clear message when the node runs
     }
     const int64_t n_tok = src1->ne[1] * src1->ne[2] * src1->ne[3];
-    return tl_lut_offset(n_tok, t->K) + (size_t) n_tok * bitnet_tl_lut_len(tl_code(src0->type), t) * sizeof(int16_t);
+    return tl_lut_offset(n_tok, src0->ne[0]) + (size_t) n_tok * (size_t) lut_len * sizeof(int16_t);
 }
 
 void ggml_compute_forward_mul_mat_tl(const struct ggml_compute_params * params, struct ggml_tensor * dst) {
@@ -61,14 +84,6 @@ void ggml_compute_forward_mul_mat_tl(const struct ggml_compute_params * params, 
     const int nth = params->nth;
     const int type = tl_code(src0->type);
 
-    const bitnet_tl_tiling * t = tl_find(src0->type, ne01, ne00);
-    if (t == NULL) {
-        GGML_ABORT("bitnet: %s weight '%s' has shape (M = %lld, K = %lld), which this build has no "
-                   "TL kernel table entry for (shape set %s); rebuild with: python setup_env.py "
-                   "--tl-shapes MODEL (or convert with --outtype i2_s)",
-                   ggml_type_name(src0->type), src0->name, (long long) ne01, (long long) ne00,
-                   BITNET_TL_SHAPES_DIGEST);
-    }
     GGML_ASSERT(src1->type == GGML_TYPE_F32);
     GGML_ASSERT(dst->type == GGML_TYPE_F32);
     GGML_ASSERT(ne02 == 1 && ne03 == 1);   // a TL tensor is one tiled matrix
@@ -76,6 +91,33 @@ void ggml_compute_forward_mul_mat_tl(const struct ggml_compute_params * params, 
     GGML_ASSERT(nb10 == sizeof(float));
     GGML_ASSERT(nb0 == sizeof(float));
     GGML_ASSERT(ne0 == ne01 && ne1 == ne11 && ne2 == ne12 && ne3 == ne13);
+
+    // 0. the tiles the weight was packed with (its tail, within ggml_nbytes) and their entry
+    bitnet_tl_tiling rec;
+    const uint8_t * w = (const uint8_t *) src0->data;
+    const int recorded = bitnet_tl_tail_tiling(type, w, ne01, ne00, &rec);
+    if (recorded < 0) {
+        GGML_ABORT("bitnet: %s weight '%s' of shape (M = %lld, K = %lld) records tiles (BM %d, "
+                   "BK %d, bm %d) that cannot tile it: the file is corrupt; convert the model "
+                   "again",
+                   ggml_type_name(src0->type), src0->name, (long long) ne01, (long long) ne00,
+                   (int) rec.BM, (int) rec.BK, (int) rec.bm);
+    }
+    const bitnet_tl_tiling * t = tl_find(type, ne01, ne00, recorded ? &rec : NULL);
+    if (t == NULL) {
+        char tiles[96];
+        if (recorded) {
+            snprintf(tiles, sizeof tiles, "tiles (BM %d, BK %d, bm %d)",
+                     (int) rec.BM, (int) rec.BK, (int) rec.bm);
+        } else {
+            snprintf(tiles, sizeof tiles, "default tiles (none recorded)");
+        }
+        GGML_ABORT("bitnet: %s weight '%s' has shape (M = %lld, K = %lld) and %s, which this build "
+                   "has no TL kernel table entry for (shape set %s); rebuild with: python "
+                   "setup_env.py --tl-shapes MODEL (or convert with --outtype i2_s)",
+                   ggml_type_name(src0->type), src0->name, (long long) ne01, (long long) ne00,
+                   tiles, BITNET_TL_SHAPES_DIGEST);
+    }
 
     const int64_t K       = ne00;
     const int64_t M       = ne01;

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from ..constants import GGUFValueType, LlamaFileType
 from ..errors import InputNotFoundError, UnsupportedArchitectureError, UsageError
 from ..fsutil import atomic_output, check_output
 from ..gguf import GGUFWriter
+from ..quants.tiling import Tiling, check_tiling
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -60,15 +61,20 @@ class TensorPlan:
     nbytes: int
     source: str
     ternary: bool = False
+    #: TL1/TL2 tiles other than the default (`--tuned`); the packer records them in the tail.
+    tiling: Tiling | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "name": self.name,
             "type": self.qtype.upper(),
             "shape": list(self.shape),
             "bytes": self.nbytes,
             "source": self.source,
         }
+        if self.tiling is not None:
+            d["tiles"] = [self.tiling.BM, self.tiling.BK, self.tiling.bm]
+        return d
 
 
 @dataclass
@@ -216,14 +222,31 @@ def _check_type_names(outtype: str, embedding_type: str | None) -> tuple[str, st
     return outtype, embedding_type
 
 
+#: {(type, M, K): tiles} for TL1/TL2 weights (`bitnet.tools.tl_tune.load_tuned()`).
+Tiles = Mapping[tuple[str, int, int], Tiling]
+
+
+def apply_tiles(tensors: Iterable[TensorPlan], tiles: Tiles | None) -> None:
+    """Give each TL1/TL2 weight of a shape in `tiles` those tiles (checked against its shape);
+    the others keep the default tiling."""
+    for t in tensors:
+        if not t.ternary or t.qtype not in ("tl1", "tl2") or len(t.shape) != 2:
+            continue
+        m, k = int(t.shape[0]), int(t.shape[1])
+        tiling = (tiles or {}).get((t.qtype, m, k))
+        t.tiling = None if tiling is None else check_tiling(m, k, t.qtype, tiling)
+
+
 def plan_conversion(
     src_folder: str | Path,
     out: str | Path,
     outtype: str = "i2_s",
     embedding_type: str | None = None,
     name: str | None = None,
+    tiles: Tiles | None = None,
 ) -> tuple[ConvertPlan, ArchConverter]:
-    """Open a checkpoint and plan its conversion (every shape checked; no tensor data read)."""
+    """Open a checkpoint and plan its conversion (every shape checked; no tensor data read).
+    `tiles`: TL1/TL2 tiles per (type, M, K) to pack with instead of the default ones."""
     from ..safetensors import Checkpoint
 
     outtype, embedding_type = _check_type_names(outtype, embedding_type)
@@ -236,6 +259,7 @@ def plan_conversion(
     ckpt = Checkpoint(src)
     conv = converter_for(ckpt.config)(ckpt, name or src.resolve().name)
     kv, tensors, layout = conv.plan(outtype, embedding_type)
+    apply_tiles(tensors, tiles)
     plan = ConvertPlan(
         source=src,
         output=Path(out),
@@ -261,19 +285,23 @@ def convert_checkpoint(
     dry_run: bool = False,
     progress: ProgressFn | None = None,
     name: str | None = None,
+    tiles: Tiles | None = None,
 ) -> ConvertPlan | ConvertResult:
     """Convert the HF checkpoint in `src_folder` to the GGUF file `out`.
 
     `outtype`: one of OUTTYPES for the ternary linears. `embedding_type`: one of EMBEDDING_TYPES
     for token_embd; None means f16 (or the outtype itself for f16/f32). `name` is
-    `general.name` (default: the folder's name). With `dry_run`, returns the ConvertPlan and
-    writes nothing; otherwise writes through a temporary file (never a half-written `out`;
-    an existing `out` needs `force`) and returns a ConvertResult.
+    `general.name` (default: the folder's name). `tiles`: TL1/TL2 tiles per (type, M, K)
+    (e.g. `tl_tune.load_tuned()`) for the shapes they name; every other TL weight is packed with
+    `default_tiling`. Either way the tiles are recorded in each tensor and the bytes depend only
+    on the inputs. With `dry_run`, returns the ConvertPlan and writes nothing; otherwise writes
+    through a temporary file (never a half-written `out`; an existing `out` needs `force`) and
+    returns a ConvertResult.
     """
     out = Path(out)
     if not dry_run:
         check_output(out, force)
-    plan, conv = plan_conversion(src_folder, out, outtype, embedding_type, name)
+    plan, conv = plan_conversion(src_folder, out, outtype, embedding_type, name, tiles)
     if dry_run:
         return plan
     start = time.perf_counter()

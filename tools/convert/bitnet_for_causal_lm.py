@@ -278,6 +278,8 @@ class BitNetForCausalLMConverter(ArchConverter):
             qt = quants.get(tensor.qtype)
             if tensor.qtype in FLOAT_OUTTYPES:  # dequantized t·s (spec: f16/f32 outtypes)
                 return qt.quantize(codes.astype(np.float32) * np.float32(scale))
+            if tensor.tiling is not None:  # TL1/TL2 with tuned tiles (recorded in the tail)
+                return qt.pack(codes, scale, tiling=tensor.tiling)
             return qt.pack(codes, scale)
         if len(tensor.shape) == 1:
             return np.ascontiguousarray(self._rows(tensor.source, 0, None), dtype="<f4").view(

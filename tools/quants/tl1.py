@@ -4,9 +4,11 @@ ref: shared/spec/bitnet-formats.md §3.1 (encoding and tile order), §3.3 (scale
 
     pair (w0, w1) = (w[2p], w[2p+1]) of one row  ->  idx = 3*w0 + w1 + 4   (0..8, 4 = both zero)
     byte = idx(pair 2q) << 4 | idx(pair 2q+1)     (4 consecutive K elements of one row)
-    byte order (outer -> inner), tiles from `default_tiling(M, K, "tl1")`, by = 256 / bm:
+    byte order (outer -> inner), tiles (BM, BK, bm) (default: `default_tiling(M, K, "tl1")`),
+    by = 256 / bm:
         [M/BM][K/BK][BM/bm][BK/by][bm/16][by/4][16 rows]
-    tensor = M*K/4 index bytes, then 32 tail bytes: f32 LE scale, 28 zero bytes.
+    tensor = M*K/4 index bytes, then 32 tail bytes: f32 LE scale, BM, BK, bm as uint32 LE
+    (all zero in files from before the record: default tiles), 16 zero bytes.
 
 Microsoft writes the scale as a separate `<name>_scale` F32 tensor that its kernels reach by
 reading past the end of the weight; we keep it inside the tensor's own bytes (spec §8 trap 9).
@@ -58,24 +60,26 @@ class TL1(TiledTernaryMixin, TernaryType):
     def _nbytes(self, shape: Shape) -> int:
         return shape[0] * shape[1] // 4 + TERNARY_TAIL_BYTES
 
-    def pack(self, codes: np.ndarray, scale: float) -> np.ndarray:
+    def pack(self, codes: np.ndarray, scale: float, tiling: Tiling | None = None) -> np.ndarray:
+        """Pack (M, K) codes and a scale with `tiling` (default: `default_tiling`), recorded in
+        the tail."""
         c = self._codes(codes)
         s = self._scale(scale)
         m, k = c.shape
-        t = self.tiling(c.shape)
+        t = self._pack_tiling(c.shape, tiling)
         grid = pair_index(c).reshape(_split_shape(m, k, t)).transpose(_ORDER)
         out = np.empty(m * k // 4 + TERNARY_TAIL_BYTES, dtype=np.uint8)
         body = out[: m * k // 4].reshape(grid.shape[:-1])
         np.left_shift(grid[..., 0], 4, out=body)
         body |= grid[..., 1]
-        out[m * k // 4 :] = self._tail(s)
+        out[m * k // 4 :] = self._tl_tail(s, t)
         return out
 
     def unpack(self, data: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, np.float32]:
         shape = as_shape(shape)
         flat = self._data(data, shape)
         m, k = shape
-        t = self.tiling(shape)
+        t = self._unpack_tiling(flat, shape)
         split = _split_shape(m, k, t)
         body = flat[: m * k // 4].reshape(tuple(split[i] for i in _ORDER[:-1]))
         grid = np.stack([body >> 4, body & np.uint8(15)], axis=-1)

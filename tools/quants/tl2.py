@@ -3,7 +3,8 @@
 ref: shared/spec/bitnet-formats.md §3.2 (encoding, tile orders, size bound P), §3.3 (scale),
 §1 (id: Microsoft's 39 is GGML_TYPE_MXFP4 in the pinned upstream tree, so TL2 takes 43).
 
-Tiles come from `default_tiling(M, K, "tl2")`: three_k = (K // BK) * BK, two_k = K - three_k.
+Tiles (BM, BK, 32), by default `default_tiling(M, K, "tl2")`: three_k = (K // BK) * BK,
+two_k = K - three_k.
 
     three-part (first three_k columns), groups (w0, w1, w2) = w[3g .. 3g+2] of one row:
         v = 9*w0 + 3*w1 + w2 in [-13, 13];  idx = |v| (4 bits), sign = 1 if v < 0
@@ -18,7 +19,8 @@ Tiles come from `default_tiling(M, K, "tl2")`: three_k = (K // BK) * BK, two_k =
 
     tensor = [index bytes][sign bytes][two-part bytes], zero-padded to roundup32(P) with
         P = (K - 256) * M // 3 * 5 // 8 + 256 * M // 2 * 4 // 8   (integer ops in this order),
-    then 32 tail bytes: f32 LE scale, 28 zero bytes. So nbytes depends on (M, K) only.
+    then 32 tail bytes: f32 LE scale, BM, BK, bm as uint32 LE (all zero in files from before
+    the record: default tiles), 16 zero bytes. So nbytes depends on (M, K) only.
 """
 
 from __future__ import annotations
@@ -111,11 +113,13 @@ class TL2(TiledTernaryMixin, TernaryType):
         three_k, two_k = t.three_k(k), t.two_k(k)
         return m * three_k // 6, m * three_k // 24, m * two_k // 4
 
-    def pack(self, codes: np.ndarray, scale: float) -> np.ndarray:
+    def pack(self, codes: np.ndarray, scale: float, tiling: Tiling | None = None) -> np.ndarray:
+        """Pack (M, K) codes and a scale with `tiling` (default: `default_tiling`), recorded in
+        the tail."""
         c = self._codes(codes)
         s = self._scale(scale)
         m, k = c.shape
-        t = self.tiling(c.shape)
+        t = self._pack_tiling(c.shape, tiling)
         three_k = t.three_k(k)
         n_idx, n_sign, n_two = self._sections(m, k, t)
         body = _roundup32(size_bound(m, k))
@@ -133,14 +137,14 @@ class TL2(TiledTernaryMixin, TernaryType):
         if n_two:
             pairs = pair_index(np.ascontiguousarray(c[:, three_k:]))
             out[n_idx + n_sign : n_idx + n_sign + n_two] = _tile_pairs(pairs, t.BM, TL2_TWO_BK // 2)
-        out[body:] = self._tail(s)
+        out[body:] = self._tl_tail(s, t)
         return out
 
     def unpack(self, data: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, np.float32]:
         shape = as_shape(shape)
         flat = self._data(data, shape)
         m, k = shape
-        t = self.tiling(shape)
+        t = self._unpack_tiling(flat, shape)
         three_k, two_k = t.three_k(k), t.two_k(k)
         n_idx, n_sign, n_two = self._sections(m, k, t)
         codes = np.empty((m, k), dtype=np.int8)
