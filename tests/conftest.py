@@ -28,3 +28,29 @@ def tiny_bf16(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_checkpoints(tiny_packed: Path, tiny_bf16: Path) -> dict[str, Path]:
     """Both layouts of the tiny model, keyed by layout name."""
     return {"packed": tiny_packed, "bf16": tiny_bf16}
+
+
+# --- the TL kernel library (tests/test_kernels_tl.py, tests/test_tl_tiles.py) ------------------
+
+
+@pytest.fixture(scope="session")
+def tl():
+    """The TL1/TL2 kernels of the ctypes test library (built from kernels/ once per source hash)."""
+    from bitnet.tools import kernels_lib
+
+    return kernels_lib.load().tl
+
+
+def _tl_path_names() -> tuple[str, ...]:
+    from bitnet.tools import kernels_lib
+
+    return kernels_lib.TL_KERNEL_NAMES
+
+
+@pytest.fixture(params=_tl_path_names())
+def tl_path(request: pytest.FixtureRequest, tl):
+    """Runs the test once per TL lookup path, forced; skipped where this CPU/build lacks it."""
+    if request.param not in tl.available():
+        pytest.skip(f"TL path {request.param} not available on this CPU/build")
+    with tl.use(request.param):
+        yield request.param

@@ -60,19 +60,6 @@ def pack(qtype: str, codes: np.ndarray, scale: float) -> np.ndarray:
     return quants.get(qtype).pack(codes.astype(np.int8), scale)
 
 
-@pytest.fixture(scope="module")
-def tl() -> kernels_lib.TLKernels:
-    return kernels_lib.load().tl
-
-
-@pytest.fixture(params=kernels_lib.TL_KERNEL_NAMES)
-def path(request: pytest.FixtureRequest, tl: kernels_lib.TLKernels):
-    if request.param not in tl.available():
-        pytest.skip(f"TL path {request.param} not available on this CPU/build")
-    with tl.use(request.param):
-        yield request.param
-
-
 # --- sizes, scale, tiling -------------------------------------------------------------------------
 
 
@@ -138,7 +125,7 @@ def test_lut_contents(tl: kernels_lib.TLKernels, qtype: str) -> None:
 
 @pytest.mark.parametrize(("qtype", "shape"), ALL)
 @pytest.mark.parametrize("nt", BATCHES)
-def test_mul_mat_random(tl, path: str, qtype: str, shape, nt: int) -> None:
+def test_mul_mat_random(tl, tl_path: str, qtype: str, shape, nt: int) -> None:
     rng = np.random.default_rng(hash((qtype, shape, nt)) % 2**32)
     m, k = shape
     codes = rng.integers(-1, 2, size=shape).astype(np.int8)
@@ -150,7 +137,9 @@ def test_mul_mat_random(tl, path: str, qtype: str, shape, nt: int) -> None:
 
 @pytest.mark.parametrize(("qtype", "shape"), ALL)
 @pytest.mark.parametrize("fill", [-1, 0, 1])
-def test_mul_mat_constant_weights_and_extremes(tl, path: str, qtype: str, shape, fill: int) -> None:
+def test_mul_mat_constant_weights_and_extremes(
+    tl, tl_path: str, qtype: str, shape, fill: int
+) -> None:
     m, k = shape
     codes = np.full(shape, fill, np.int8)
     q = np.full((3, k), -128, np.int8)
@@ -162,7 +151,7 @@ def test_mul_mat_constant_weights_and_extremes(tl, path: str, qtype: str, shape,
 
 
 @pytest.mark.parametrize(("qtype", "shape"), ALL)
-def test_mul_mat_zero_activations(tl, path: str, qtype: str, shape) -> None:
+def test_mul_mat_zero_activations(tl, tl_path: str, qtype: str, shape) -> None:
     m, k = shape
     codes = np.random.default_rng(0).integers(-1, 2, size=shape).astype(np.int8)
     q, d = tl.quantize_rows(np.zeros((3, k), np.float32))
@@ -172,7 +161,7 @@ def test_mul_mat_zero_activations(tl, path: str, qtype: str, shape) -> None:
 
 
 @pytest.mark.parametrize("qtype", ["tl1", "tl2"])
-def test_mul_mat_tile_range_and_stride(tl, path: str, qtype: str) -> None:
+def test_mul_mat_tile_range_and_stride(tl, tl_path: str, qtype: str) -> None:
     shape = (320, 384)  # BM 160 -> two tiles
     rng = np.random.default_rng(5)
     codes = rng.integers(-1, 2, size=shape).astype(np.int8)
@@ -208,7 +197,7 @@ TL2_OTHER_TILINGS = [((64, 416), (32, 192)), ((96, 352), (96, 192)), ((64, 368),
 
 @pytest.mark.parametrize(("shape", "tiles"), TL2_OTHER_TILINGS)
 @pytest.mark.parametrize("nt", [1, 12])
-def test_tl2_other_tilings(tl, path: str, monkeypatch, shape, tiles, nt: int) -> None:
+def test_tl2_other_tilings(tl, tl_path: str, monkeypatch, shape, tiles, nt: int) -> None:
     from bitnet.tools.quants import tiling
 
     real = tiling.default_tiling

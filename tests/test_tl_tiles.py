@@ -31,19 +31,6 @@ OTHER = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tl() -> kernels_lib.TLKernels:
-    return kernels_lib.load().tl
-
-
-@pytest.fixture(params=kernels_lib.TL_KERNEL_NAMES)
-def path(request: pytest.FixtureRequest, tl: kernels_lib.TLKernels):
-    if request.param not in tl.available():
-        pytest.skip(f"TL path {request.param} not available on this CPU/build")
-    with tl.use(request.param):
-        yield request.param
-
-
 def tail_tiling(tl, qtype: str, w: np.ndarray, m: int, k: int) -> tuple[int, tuple[int, ...]]:
     """bitnet_tl_tail_tiling through ctypes: (return code, (BM, BK, bm) written to *t)."""
     t = kernels_lib.TLTiling(0, 0, 7, 7, 7)
@@ -129,7 +116,9 @@ def test_c_and_python_agree_on_which_tilings_are_valid(tl) -> None:
 
 @pytest.mark.parametrize(("qtype", "shape", "t"), OTHER)
 @pytest.mark.parametrize("nt", [1, 3, 17])
-def test_mul_mat_other_tilings_bit_exact(tl, path: str, qtype: str, shape, t: Tiling, nt) -> None:
+def test_mul_mat_other_tilings_bit_exact(
+    tl, tl_path: str, qtype: str, shape, t: Tiling, nt
+) -> None:
     m, k = shape
     rng = np.random.default_rng([m, k, nt, t.BM, t.BK])
     codes = rng.integers(-1, 2, size=shape).astype(np.int8)
@@ -142,7 +131,7 @@ def test_mul_mat_other_tilings_bit_exact(tl, path: str, qtype: str, shape, t: Ti
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
-def test_mul_mat_extreme_activations_with_the_largest_tiles(tl, path: str) -> None:
+def test_mul_mat_extreme_activations_with_the_largest_tiles(tl, tl_path: str) -> None:
     """int16 LUT sums at their limits with TL1 BK 256 and TL2 BK 192 (never default)."""
     for qtype, shape, t in [("tl1", (64, 512), Tiling(64, 256, 32)),
                             ("tl2", (64, 448), Tiling(64, 192, 32))]:  # fmt: skip
