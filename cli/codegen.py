@@ -137,6 +137,6 @@ def _tune(
     if dry_run:
         out.info("dry run: nothing saved")
         return
-    out.info(f"saved {saved}; {'registered new' if registered else 'registry already had'} "
-             "the chosen tiles for the next build")  # fmt: skip
+    news = "added the chosen tiles to" if registered else "the chosen tiles were already in"
+    out.info(f"saved {saved}; {news} the build's shape registry")
     out.info("next: bitnet convert CHECKPOINT --outtype tl2 --tuned (rebuilds llama.cpp if needed)")

@@ -19,10 +19,14 @@ typedef void (*bitnet_tl_tile_fn)(const bitnet_tl_tiling *t, int64_t i0, int64_t
                                   const uint8_t *w, const int16_t *lut, int64_t lut_stride,
                                   int32_t *acc);
 
+/* Per-token int8 activations, the contract of bitnet_tl_quantize_row (every path: same bits). */
+typedef float (*bitnet_tl_quantize_fn)(const float *x, int8_t *q, int64_t k);
+float bitnet_tl_quantize_row_scalar(const float *x, int8_t *q, int64_t k);
+
 void bitnet_tl_write_out(const int32_t *acc, int64_t bm_tile, int64_t row0, int64_t nc,
                          const float *d, float w_scale, float *y, int64_t y_stride);
 
-/* The AVX2 TL2 lookups live in bitnet-tl-avx2.c (x86, selected at run time). */
+/* The AVX2 TL2 lookups and quantizer live in bitnet-tl-avx2.c (x86, selected at run time). */
 #define BITNET_TL_AVX2_READY 1
 
 #if (defined(__x86_64__) || defined(__i386__)) && !defined(BITNET_NO_SIMD) && \
@@ -31,6 +35,7 @@ void bitnet_tl_write_out(const int32_t *acc, int64_t bm_tile, int64_t row0, int6
 #define BITNET_TL_HAVE_AVX2 1
 void bitnet_tl2_tile_avx2(const bitnet_tl_tiling *t, int64_t i0, int64_t nc, const uint8_t *w,
                           const int16_t *lut, int64_t lut_stride, int32_t *acc);
+float bitnet_tl_quantize_row_avx2(const float *x, int8_t *q, int64_t k);
 #endif
 
 /* The AVX-512 TL2 lookups (`vpermb` + `vpdpbusd`: F/BW/VL/VBMI/VNNI, checked at run time) live

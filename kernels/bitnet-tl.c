@@ -72,7 +72,7 @@ int bitnet_tl_tiling_valid(int type, const bitnet_tl_tiling *t) {
  * Activations: the I2_S per-token int8 quantization (ref: spec §2.4, kernels/bitnet-i2s.c)
  * ============================================================================================ */
 
-float bitnet_tl_quantize_row(const float *x, int8_t *q, int64_t k) {
+float bitnet_tl_quantize_row_scalar(const float *x, int8_t *q, int64_t k) {
     /* 1. max|x| (fmaxf skips NaN, as the I2_S quantizers do) */
     float amax = 0.0f;
     for (int64_t i = 0; i < k; i++) amax = fmaxf(amax, fabsf(x[i]));
@@ -229,6 +229,7 @@ static void tl2_tile_scalar(const bitnet_tl_tiling *t, int64_t i0, int64_t nc, c
 typedef struct {
     const char *name;
     bitnet_tl_tile_fn tl1, tl2;
+    bitnet_tl_quantize_fn quantize;
     int (*usable)(void);
 } tl_kernel;
 
@@ -258,15 +259,16 @@ static int cpu_avx512(void) {
 
 static const tl_kernel TL_KERNELS[] = {
 #ifdef BITNET_TL_HAVE_AVX512
-    {"avx512", tl1_tile, bitnet_tl2_tile_avx512, cpu_avx512},
+    {"avx512", tl1_tile, bitnet_tl2_tile_avx512, bitnet_tl_quantize_row_avx2, cpu_avx512},
 #endif
 #ifdef BITNET_TL_HAVE_AVX2
-    {"avx2", tl1_tile, bitnet_tl2_tile_avx2, cpu_avx2},
+    {"avx2", tl1_tile, bitnet_tl2_tile_avx2, bitnet_tl_quantize_row_avx2, cpu_avx2},
 #endif
 #ifdef BITNET_TL_HAVE_NEON
-    {"neon", bitnet_tl1_tile_neon, bitnet_tl2_tile_neon, always},
+    /* aarch64 compilers inline rintf as one frintx: the portable quantizer is already fast */
+    {"neon", bitnet_tl1_tile_neon, bitnet_tl2_tile_neon, bitnet_tl_quantize_row_scalar, always},
 #endif
-    {"scalar", tl1_tile, tl2_tile_scalar, always},
+    {"scalar", tl1_tile, tl2_tile_scalar, bitnet_tl_quantize_row_scalar, always},
 };
 #define N_TL_KERNELS (sizeof TL_KERNELS / sizeof TL_KERNELS[0])
 
@@ -307,6 +309,10 @@ int bitnet_tl_set_kernel(const char *name) {
             return 1;
         }
     return 0;
+}
+
+float bitnet_tl_quantize_row(const float *x, int8_t *q, int64_t k) {
+    return tl_kernel_now()->quantize(x, q, k);
 }
 
 void bitnet_tl_mul_mat(int type, const bitnet_tl_tiling *t, int64_t tile0, int64_t tile1,

@@ -84,8 +84,8 @@ def test_invalid_tilings_are_refused(tl: kernels_lib.TLKernels) -> None:
 # --- activations and LUTs ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("k", [8, 200, 256, 392])
-def test_quantize_matches_reference(tl: kernels_lib.TLKernels, k: int) -> None:
+@pytest.mark.parametrize("k", [8, 45, 200, 256, 392, 2560])
+def test_quantize_matches_reference(tl: kernels_lib.TLKernels, tl_path: str, k: int) -> None:
     x = random_acts(np.random.default_rng(k), 9, k)
     x[3] = 0.0  # all-zero token: epsilon, no division by zero
     x[4, :4] = [0.5, -0.5, 1.5, 2.5]  # ties after scaling by d = 127/2.5 are not exact; still ok
