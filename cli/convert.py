@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 from typing import Annotated
 
@@ -100,6 +101,9 @@ def convert(
             folder, output, outtype, embedding_type, force=force, progress=cb, name=name,
             tiles=tiles,
         )  # fmt: skip
+    if outtype.lower() == "tl1" and platform.machine().lower() in ("x86_64", "amd64"):
+        out.warn("TL1 is the ARM layout: on x86 it runs on the portable C path, far slower than "
+                 "tl2 or i2_s (the x86 types)")  # fmt: skip
     kernels = _tl_kernels(result.path) if build and outtype.lower() in ("tl1", "tl2") else None
     if json_out:
         out.emit_json(result.to_dict() | ({"tl_kernels": kernels} if kernels else {}))

@@ -7,6 +7,7 @@ build would (tests/test_tl_e2e.py runs the real kernels)."""
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 import pytest
@@ -187,6 +188,8 @@ def test_cli_convert_tl_registers_shapes_without_a_build(cache, builds, odd_mode
                             str(tmp_path / "n.gguf"), "--no-build"])  # fmt: skip
     assert r.exit_code == 0, r.output
     assert ("tl1", *ODD) not in _keys(codegen.load_registry(B.tl_registry(cache)))
+    if platform.machine().lower() in ("x86_64", "amd64"):  # TL1 has no x86 SIMD path: say so
+        assert "TL1 is the ARM layout" in r.output
 
 
 # --- tiles other than the default (bitnet codegen --tune, convert --tuned) ---------------------
