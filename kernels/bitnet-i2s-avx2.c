@@ -20,6 +20,7 @@
  *   several tokens → 1 row × up to 4 tokens, each block unpacked once for 4 tokens (16 ymm
  *   registers: 4 codes, 4 int16 and 4 int32 accumulators).
  */
+#include "bitnet-act.h"
 #include "bitnet-i2s-internal.h"
 
 #ifdef BITNET_HAVE_X86
@@ -191,48 +192,19 @@ TARGET void bitnet_i2s_mul_mat_avx2(int64_t k, int64_t nr, int64_t nt, const uin
 }
 
 /* ============================================================================================
- * Activation quantization (ref: spec §2.4), 8 floats per step
+ * Activation quantization (ref: spec §2.4; pieces in bitnet-act.h), 32 floats per step
  * ============================================================================================ */
 
 TARGET void bitnet_quantize_row_i8s_avx2(const float *x, bitnet_block_i8s *y, int64_t k) {
+    /* contract and NaN handling: bitnet-act.h (the scalar path's numbers, bit for bit) */
     const int64_t nb = k / BITNET_QK_I2S;
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-
-    /* 1. max|x|; maxps(new, running) keeps the running max when `new` is NaN (like fmaxf) */
-    __m256 vmax = _mm256_setzero_ps();
-    for (int64_t i = 0; i < k; i += 8)
-        vmax = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)), vmax);
-    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-    const float amax = _mm_cvtss_f32(m4);
-
-    /* 2. d = 127 / max(amax, 1e-5), as in the scalar path */
-    const double m = (double)amax < 1e-5 ? 1e-5 : (double)amax;
-    const float d = (float)(127.0 / m);
+    const float d = bitnet_act_scale(bitnet_act_absmax_avx2(x, k));
     const __m256 vd = _mm256_set1_ps(d);
-    const __m256 lo = _mm256_set1_ps(-128.0f), hi = _mm256_set1_ps(127.0f);
-    /* undoes the lane interleave of the two pack instructions below */
-    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-
     for (int64_t b = 0; b < nb; b++) {
         const float *xb = x + b * BITNET_QK_I2S;
         __m256i vsum = _mm256_setzero_si256();
-        for (int j = 0; j < BITNET_QK_I2S; j += 32) {
-            /* 3. x·d, clamp, round half to even (MXCSR default), four vectors of 8 */
-            __m256i q[4];
-            for (int u = 0; u < 4; u++) {
-                __m256 v = _mm256_mul_ps(_mm256_loadu_ps(xb + j + 8 * u), vd);
-                v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
-                q[u] = _mm256_cvtps_epi32(v);
-                vsum = _mm256_add_epi32(vsum, q[u]);
-            }
-            /* 4. narrow 32 int32 → 32 int8 (values already in range, so no saturation) */
-            const __m256i q01 = _mm256_packs_epi32(q[0], q[1]);
-            const __m256i q23 = _mm256_packs_epi32(q[2], q[3]);
-            const __m256i q8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(q01, q23), perm);
-            _mm256_storeu_si256((__m256i *)(y[b].qs + j), q8);
-        }
+        for (int j = 0; j < BITNET_QK_I2S; j += 32)
+            vsum = _mm256_add_epi32(vsum, bitnet_act_q32_avx2(xb + j, vd, y[b].qs + j));
         __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(vsum), _mm256_extracti128_si256(vsum, 1));
         s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
         s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));

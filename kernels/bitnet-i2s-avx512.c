@@ -29,6 +29,7 @@
  *   2 rows × up to 8 tokens (each block unpacked once for 8 tokens: fast-kernels §2 "Reuse
  *   unpacked weights across tokens"; 16 accumulators + 4 code registers of the 32 zmm).
  */
+#include "bitnet-act.h"
 #include "bitnet-i2s-internal.h"
 
 #ifdef BITNET_HAVE_X86
@@ -188,9 +189,8 @@ TARGET void bitnet_quantize_row_i8s_avx512(const float *x, bitnet_block_i8s *y, 
         vmax = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + i)), vmax);
     const float amax = _mm512_reduce_max_ps(vmax);
 
-    /* 2. d = 127 / max(amax, 1e-5), clamp in double as in the scalar path */
-    const double m = (double)amax < 1e-5 ? 1e-5 : (double)amax;
-    const float d = (float)(127.0 / m);
+    /* 2. d = 127 / max(amax, 1e-5) (bitnet-act.h, as in the scalar path) */
+    const float d = bitnet_act_scale(amax);
     const __m512 vd = _mm512_set1_ps(d);
     const __m512 lo = _mm512_set1_ps(-128.0f), hi = _mm512_set1_ps(127.0f);
 

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bitnet-act.h"
 #include "bitnet-i2s-internal.h"
 
 #ifdef BITNET_HAVE_X86
@@ -27,36 +28,14 @@
  * Activation quantization, scalar (ref: spec §2.4, fork `quantize_row_i8_s`)
  * ============================================================================================ */
 
-/* Per-row scale d = 127 / max(max|x|, 1e-5). The clamp is taken in double like the fork
- * ("double max, float s"); for float inputs this equals the float32 division, and an all-zero
- * row gets d = 127 / 1e-5 = 12700000 with q = 0 instead of a division by zero (fast-kernels §4). */
-static float row_scale(float amax) {
-    const double m = (double)amax < 1e-5 ? 1e-5 : (double)amax;
-    return (float)(127.0 / m);
-}
-
-/* max|x| over the row. fmaxf ignores NaN inputs, like the SIMD versions (maxps keeps the
- * running maximum when the new element is NaN). */
-static float row_absmax(const float *x, int64_t k) {
-    float amax = 0.0f;
-    for (int64_t i = 0; i < k; i++) amax = fmaxf(amax, fabsf(x[i]));
-    return amax;
-}
-
 void bitnet_quantize_row_i8s_scalar(const float *x, bitnet_block_i8s *y, int64_t k) {
     const int64_t nb = k / BITNET_QK_I2S;
-    const float d = row_scale(row_absmax(x, k));
+    const float d = bitnet_act_scale(bitnet_act_absmax(x, k)); /* contract: bitnet-act.h */
     for (int64_t b = 0; b < nb; b++) {
         const float *xb = x + b * BITNET_QK_I2S;
         int32_t sum = 0;
         for (int j = 0; j < BITNET_QK_I2S; j++) {
-            /* 1. scale in float32; 2. clamp to the int8 range (clamping before rounding gives
-             *    the same integer as after, since the bounds are integers; fmaxf/fminf also map
-             *    a NaN to -128 exactly like the SIMD max/min); 3. round half to even with rintf
-             *    (the default rounding mode; no x*d+magic trick, which FMA contraction breaks). */
-            float v = xb[j] * d;
-            v = fminf(fmaxf(v, -128.0f), 127.0f);
-            const int8_t q = (int8_t)rintf(v);
+            const int8_t q = bitnet_act_q(xb[j], d);
             y[b].qs[j] = q;
             sum += q;
         }

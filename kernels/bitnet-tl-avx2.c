@@ -24,12 +24,12 @@
  *   Measured against running tl2_token per token (2B-4T shapes, one thread): 1.1-1.25x for
  *   8-64 tokens; the lookups, not the decode, are most of the work.
  */
+#include "bitnet-act.h"
 #include "bitnet-tl-internal.h"
 
 #ifdef BITNET_TL_HAVE_AVX2
 
 #include <immintrin.h>
-#include <math.h>
 
 #define TARGET __attribute__((target("avx2")))
 #define INLINE static inline __attribute__((always_inline))
@@ -229,46 +229,15 @@ void bitnet_tl2_tile_avx2(const bitnet_tl_tiling *t, int64_t i0, int64_t nc, con
     }
 }
 
-/* The per-token quantizer of bitnet_tl_quantize_row_scalar, 32 values per step: the same float32
- * operations in the same order on every value (x*d, clamp, round half to even with the MXCSR
- * default), so the same bits; the k % 32 tail runs the scalar formula. */
+/* The per-token quantizer of bitnet_tl_quantize_row_scalar, 32 values per step (bitnet-act.h:
+ * the same float32 operations in the same order, so the same bits); the k % 32 tail runs the
+ * scalar formula. */
 TARGET float bitnet_tl_quantize_row_avx2(const float *x, int8_t *q, int64_t k) {
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-    const int64_t kv = k / 32 * 32;
-
-    /* 1. max|x|; maxps(new, running) keeps the running max when `new` is NaN (like fmaxf) */
-    __m256 vmax = _mm256_setzero_ps();
-    for (int64_t i = 0; i < k / 8 * 8; i += 8)
-        vmax = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)), vmax);
-    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-    float amax = _mm_cvtss_f32(m4);
-    for (int64_t i = k / 8 * 8; i < k; i++) amax = fmaxf(amax, fabsf(x[i]));
-
-    /* 2. d = 127 / max(amax, 1e-5), the clamp in double, as in the scalar path */
-    const double m = (double)amax < 1e-5 ? 1e-5 : (double)amax;
-    const float d = (float)(127.0 / m);
+    const float d = bitnet_act_scale(bitnet_act_absmax_avx2(x, k));
     const __m256 vd = _mm256_set1_ps(d);
-    const __m256 lo = _mm256_set1_ps(-128.0f), hi = _mm256_set1_ps(127.0f);
-    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7); /* undo the pack interleave */
-
-    /* 3. x*d, clamp (maxps(v, lo) maps NaN to -128 like fmaxf), round, narrow to int8 */
-    for (int64_t i = 0; i < kv; i += 32) {
-        __m256i v[4];
-        for (int u = 0; u < 4; u++) {
-            __m256 f = _mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * u), vd);
-            v[u] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(f, lo), hi));
-        }
-        const __m256i q16a = _mm256_packs_epi32(v[0], v[1]), q16b = _mm256_packs_epi32(v[2], v[3]);
-        const __m256i q8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(q16a, q16b), perm);
-        _mm256_storeu_si256((__m256i *)(q + i), q8);
-    }
-    for (int64_t i = kv; i < k; i++) {
-        float f = x[i] * d;
-        f = fminf(fmaxf(f, -128.0f), 127.0f);
-        q[i] = (int8_t)rintf(f);
-    }
+    const int64_t kv = k / 32 * 32;
+    for (int64_t i = 0; i < kv; i += 32) (void)bitnet_act_q32_avx2(x + i, vd, q + i);
+    for (int64_t i = kv; i < k; i++) q[i] = bitnet_act_q(x[i], d);
     return d;
 }
 

@@ -10,6 +10,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "bitnet-act.h"
 #include "bitnet-tl-internal.h"
 
 /* ============================================================================================
@@ -73,19 +74,8 @@ int bitnet_tl_tiling_valid(int type, const bitnet_tl_tiling *t) {
  * ============================================================================================ */
 
 float bitnet_tl_quantize_row_scalar(const float *x, int8_t *q, int64_t k) {
-    /* 1. max|x| (fmaxf skips NaN, as the I2_S quantizers do) */
-    float amax = 0.0f;
-    for (int64_t i = 0; i < k; i++) amax = fmaxf(amax, fabsf(x[i]));
-    /* 2. d = 127 / max(amax, 1e-5), the clamp in double like the I2_S row_scale: an all-zero
-     *    token gets d = 1.27e7 and q = 0, never a division by zero */
-    const double m = (double)amax < 1e-5 ? 1e-5 : (double)amax;
-    const float d = (float)(127.0 / m);
-    /* 3. q = rint(clamp(x*d)) in float32, ties to even (the default rounding mode) */
-    for (int64_t i = 0; i < k; i++) {
-        float v = x[i] * d;
-        v = fminf(fmaxf(v, -128.0f), 127.0f);
-        q[i] = (int8_t)rintf(v);
-    }
+    const float d = bitnet_act_scale(bitnet_act_absmax(x, k)); /* contract: bitnet-act.h */
+    for (int64_t i = 0; i < k; i++) q[i] = bitnet_act_q(x[i], d);
     return d;
 }
 
