@@ -33,9 +33,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from .errors import BuildError, NetworkError, ToolchainError, UsageError
+
+if TYPE_CHECKING:
+    from .gguf import GGUFReader
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -433,17 +436,18 @@ def served_tl_shapes(build_dir: Path) -> set[tuple[str, int, int, int, int, int]
     return {e.key for e in entries if e is not None}
 
 
-def check_tl_served(model: Path, binary: Path) -> None:
+def check_tl_served(model: Path, binary: Path, reader: GGUFReader | None = None) -> None:
     """Raise BuildError when `model` has TL1/TL2 weights of a shape the build of `binary` has no
     kernel table entry for (checked before llama.cpp would abort on it). Builds that predate the
-    stamp's record are not checked here; their kernels refuse the shape themselves."""
+    stamp's record are not checked here; their kernels refuse the shape themselves. `reader`:
+    the model already open (its header is not parsed again)."""
     from bitnet.tools import codegen
 
     build_dir = Path(binary).resolve().parent.parent
     served = served_tl_shapes(build_dir)
     if served is None:
         return
-    missing = sorted({e.key for e in codegen.tl_entries(model)} - served)
+    missing = sorted({e.key for e in codegen.tl_entries(model, reader=reader)} - served)
     if missing:
         qtype, m, k, bm_tile, bk, bm = missing[0]
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
@@ -486,21 +490,22 @@ def ensure_tl_kernels(
     if not entries:
         return check
     check.registered = codegen.register(tl_registry(cache), entries)
-    for build_dir in build_dirs(cache)[:1]:
-        stamp = read_stamp(build_dir)
-        served = served_tl_shapes(build_dir)
-        if stamp is None:
-            continue  # never finished: the next setup_env.py builds it with the registry
-        if served is not None and check.needed <= served:
-            check.up_to_date.append(build_dir)
-            continue
-        cpu = str(stamp.get("cpu") or build_dir.name.removeprefix("build-"))
-        plan = plan_build(BuildOptions(cpu=cpu, cache=cache))
-        if plan.up_to_date:  # the table did not change (a stamp older than the tl_shapes record)
-            check.up_to_date.append(build_dir)
-            continue
-        run_build(plan, progress)
-        check.rebuilt.append(build_dir)
+    dirs = build_dirs(cache)
+    stamp = read_stamp(dirs[0]) if dirs else None
+    if stamp is None:  # no finished build: the next setup_env.py builds it with the registry
+        return check
+    build_dir = dirs[0]
+    served = served_tl_shapes(build_dir)
+    if served is not None and check.needed <= served:
+        check.up_to_date.append(build_dir)
+        return check
+    cpu = str(stamp.get("cpu") or build_dir.name.removeprefix("build-"))
+    plan = plan_build(BuildOptions(cpu=cpu, cache=cache))
+    if plan.up_to_date:  # the table did not change (a stamp older than the tl_shapes record)
+        check.up_to_date.append(build_dir)
+        return check
+    run_build(plan, progress)
+    check.rebuilt.append(build_dir)
     return check
 
 

@@ -19,17 +19,21 @@ ref: shared/spec/bitnet-formats.md §3.4 (what the fork generated and why it wen
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bitnet.tools import quants
 from bitnet.tools.errors import InputNotFoundError, ShapeError, UsageError
 from bitnet.tools.fsutil import atomic_output, check_output
 from bitnet.tools.quants.tiling import Tiling, default_tiling, tiling_error, tiling_problem
+
+if TYPE_CHECKING:
+    from bitnet.tools.gguf import GGUFReader
 
 TL_TYPES = ("tl1", "tl2")
 #: The "Sources" line of the committed table.
@@ -347,25 +351,32 @@ def generate(
 REGISTRY_NAME = "tl-shapes.json"
 
 
-def tl_entries(source: str | Path, types: Sequence[str] = TL_TYPES) -> set[ShapeEntry]:
+def tl_entries(
+    source: str | Path, types: Sequence[str] = TL_TYPES, reader: GGUFReader | None = None
+) -> set[ShapeEntry]:
     """The TL entries a model needs: for a GGUF, the (type, M, K) of its TL1/TL2 tensors (of
     `types`) with the tiles recorded in each tensor's tail (none recorded: default tiles;
     CorruptFileError for an invalid record); for an HF folder, every ternary shape in each of
-    `types` with default tiles (ShapeError if one cannot be held)."""
+    `types` with default tiles (ShapeError if one cannot be held). `reader`: the GGUF already
+    open (its header is not parsed again)."""
     path = Path(source)
     if path.is_dir():
         return set(plan_shapes(find_shapes(path), types, strict=True))
-    return set(find_tl_tiles(path, types))
+    return set(find_tl_tiles(path, types, reader))
 
 
-def find_tl_tiles(path: str | Path, types: Sequence[str] = TL_TYPES) -> dict[ShapeEntry, list[str]]:
+def find_tl_tiles(
+    path: str | Path, types: Sequence[str] = TL_TYPES, reader: GGUFReader | None = None
+) -> dict[ShapeEntry, list[str]]:
     """{entry: tensor names} of the TL1/TL2 tensors (of `types`) of a GGUF, each with the tiles
-    its tail records (reads the 12 record bytes of each tensor, nothing else)."""
+    its tail records (reads the 12 record bytes of each tensor, nothing else). `reader`: the
+    file already open."""
     from bitnet.tools.gguf import GGUFReader
 
     codes = {int(quants.get(t).type_id): t for t in types}
     found: dict[ShapeEntry, list[str]] = {}
-    with GGUFReader(path) as reader:
+    opened = contextlib.nullcontext(reader) if reader else GGUFReader(path)  # caller's stays open
+    with opened as reader:
         for info in reader.tensors.values():
             qtype = codes.get(int(info.type_id))
             if not qtype or len(info.shape) != 2:

@@ -124,7 +124,7 @@ def _explain(lines: collections.abc.Iterable[str]) -> str:
 
 def generate(model: Path, prompt: str, opts: GenerationOptions) -> None:
     """Generate text for `prompt`, streaming it to stdout as it is produced."""
-    check_model(model)
+    reader = check_model(model)
     cmd = completion_command(Path(model), prompt, opts)
-    check_tl_served(Path(model), Path(cmd[0]))
+    check_tl_served(Path(model), Path(cmd[0]), reader)
     run_streaming(cmd, "llama-completion")
