@@ -157,9 +157,9 @@ def stage1(args: argparse.Namespace, argv: list[str]) -> int:
 
 def stage2(args: argparse.Namespace) -> int:
     from bitnet.cli import _output as out
-    from bitnet.cli._errors import debug_enabled, exit_code_for
+    from bitnet.cli._errors import exit_code_for
     from bitnet.tools import build as B
-    from bitnet.tools.errors import BitnetError, BuildError
+    from bitnet.tools.errors import BitnetError, BuildError, debug_enabled
 
     plan = None
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -32,10 +31,6 @@ ERROR_TABLE: dict[type[E.BitnetError], tuple[int, str | None]] = {
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def debug_enabled() -> bool:
-    return os.environ.get("BITNET_DEBUG", "") not in ("", "0")
-
-
 def exit_code_for(exc: E.BitnetError) -> tuple[int, str | None]:
     for cls in type(exc).__mro__:
         if cls in ERROR_TABLE:
@@ -52,7 +47,7 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except E.BitnetError as exc:
             code, default_hint = exit_code_for(exc)
-            if debug_enabled():
+            if E.debug_enabled():
                 traceback.print_exc()
             out.error(str(exc), exc.hint or default_hint)
             raise typer.Exit(code) from None

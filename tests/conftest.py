@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from bitnet.tools.dummy import make_dummy
+
+# Tests run llama.cpp binaries directly: an abort must end the process, never fork a debugger to
+# print a backtrace (which can hang when several threads abort at once).
+os.environ.setdefault("GGML_NO_BACKTRACE", "1")
 
 #: The seed every shared tiny checkpoint is made from.
 TINY_SEED = 0

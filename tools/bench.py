@@ -48,6 +48,7 @@ from .errors import (
 )
 from .fsutil import atomic_output, check_output
 from .gguf import GGUFReader, describe
+from .runtime import llama_env
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -378,7 +379,11 @@ def run_llama_bench(
 
     try:
         proc = subprocess.Popen(
-            list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+            list(cmd),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=llama_env(),
         )
     except OSError as exc:
         raise RuntimeFailure(f"cannot start {cmd[0]}: {exc.strerror}.") from exc
@@ -919,6 +924,7 @@ def _quantize(src: Path, out: Path, qtype: str, force: bool) -> Path:
             capture_output=True,
             text=True,
             stdin=subprocess.DEVNULL,
+            env=llama_env(),
         )
         if proc.returncode != 0:
             lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]

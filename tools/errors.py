@@ -6,6 +6,13 @@ the next command to run and an exit code. Anything else is a bug and keeps its t
 
 from __future__ import annotations
 
+import os
+
+
+def debug_enabled() -> bool:
+    """True when BITNET_DEBUG asks for tracebacks and llama.cpp's full output."""
+    return os.environ.get("BITNET_DEBUG", "") not in ("", "0")
+
 
 class BitnetError(Exception):
     """Base of every expected failure. `hint` says what to do next (one line, optional)."""

@@ -18,8 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .build import check_tl_served, find_binary
-from .errors import InputNotFoundError, RuntimeFailure
+from .errors import InputNotFoundError, RuntimeFailure, debug_enabled
 from .gguf import GGUFReader
+
+
+def llama_env() -> dict[str, str]:
+    """The environment for a llama.cpp binary: no debugger-attach backtrace on an abort unless
+    BITNET_DEBUG is set (ggml forks gdb for it, which can hang a process several threads abort in).
+    """
+    env = dict(os.environ)
+    if not debug_enabled():
+        env.setdefault("GGML_NO_BACKTRACE", "1")
+    return env
 
 
 @dataclass
@@ -82,11 +92,15 @@ def run_streaming(cmd: Sequence[str], what: str) -> None:
 
     stderr is kept (its last lines) to explain a failure, and echoed live with BITNET_DEBUG=1.
     """
-    debug = os.environ.get("BITNET_DEBUG", "") not in ("", "0")
+    debug = debug_enabled()
     tail: collections.deque[str] = collections.deque(maxlen=40)
     try:
         proc = subprocess.Popen(
-            list(cmd), stdout=sys.stdout, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+            list(cmd),
+            stdout=sys.stdout,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=llama_env(),
         )
     except OSError as exc:
         raise RuntimeFailure(f"cannot start {cmd[0]}: {exc.strerror}.") from exc

@@ -14,14 +14,38 @@
 #include "ggml-cpu-impl.h"
 #include "ggml-impl.h"
 
+#include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #define TL_ALIGN 64
 #define TL_PAD(x) (((x) + TL_ALIGN - 1) / TL_ALIGN * TL_ALIGN)
 
 int ggml_bitnet_tl_is_tl(const struct ggml_tensor * t) {
     return t != NULL && (t->type == GGML_TYPE_TL1 || t->type == GGML_TYPE_TL2);
+}
+
+// A file the build cannot run (corrupt tile record, shape not generated) is the user's error, not
+// a bug: every pool thread meets it at once, so one of them prints the message and the process
+// exits 1. Not GGML_ABORT: its backtrace forks a debugger per aborting thread, and two attaching
+// at once can hang the process instead of ending it.
+static _Noreturn void tl_fail(const char * fmt, ...) {
+    static atomic_flag reported = ATOMIC_FLAG_INIT;
+    if (!atomic_flag_test_and_set(&reported)) {
+        va_list args;
+        va_start(args, fmt);
+        fputs("error: ", stderr);
+        vfprintf(stderr, fmt, args);
+        fputc('\n', stderr);
+        va_end(args);
+        fflush(stderr);
+        _exit(1);
+    }
+    for (;;) {
+        pause(); // the reporting thread ends the process
+    }
 }
 
 static int tl_code(enum ggml_type type) {
@@ -97,7 +121,7 @@ void ggml_compute_forward_mul_mat_tl(const struct ggml_compute_params * params, 
     const uint8_t * w = (const uint8_t *) src0->data;
     const int recorded = bitnet_tl_tail_tiling(type, w, ne01, ne00, &rec);
     if (recorded < 0) {
-        GGML_ABORT("bitnet: %s weight '%s' of shape (M = %lld, K = %lld) records tiles (BM %d, "
+        tl_fail("bitnet: %s weight '%s' of shape (M = %lld, K = %lld) records tiles (BM %d, "
                    "BK %d, bm %d) that cannot tile it: the file is corrupt; convert the model "
                    "again",
                    ggml_type_name(src0->type), src0->name, (long long) ne01, (long long) ne00,
@@ -112,7 +136,7 @@ void ggml_compute_forward_mul_mat_tl(const struct ggml_compute_params * params, 
         } else {
             snprintf(tiles, sizeof tiles, "default tiles (none recorded)");
         }
-        GGML_ABORT("bitnet: %s weight '%s' has shape (M = %lld, K = %lld) and %s, which this build "
+        tl_fail("bitnet: %s weight '%s' has shape (M = %lld, K = %lld) and %s, which this build "
                    "has no TL kernel table entry for (shape set %s); rebuild with: python "
                    "setup_env.py --tl-shapes MODEL (or convert with --outtype i2_s)",
                    ggml_type_name(src0->type), src0->name, (long long) ne01, (long long) ne00,
