@@ -48,7 +48,7 @@ from .errors import (
 )
 from .fsutil import atomic_output, check_output
 from .gguf import GGUFReader, describe
-from .runtime import llama_env
+from .runtime import llama_env, spawn
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -377,16 +377,7 @@ def run_llama_bench(
         except (OSError, ValueError):
             return None
 
-    try:
-        proc = subprocess.Popen(
-            list(cmd),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            env=llama_env(),
-        )
-    except OSError as exc:
-        raise RuntimeFailure(f"cannot start {cmd[0]}: {exc.strerror}.") from exc
+    proc = spawn(cmd, stdout=subprocess.PIPE)
     pid = proc.pid
 
     hwm: list[int] = []

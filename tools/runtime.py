@@ -16,6 +16,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .build import check_tl_served, find_binary
 from .errors import InputNotFoundError, RuntimeFailure, debug_enabled
@@ -30,6 +31,21 @@ def llama_env() -> dict[str, str]:
     if not debug_enabled():
         env.setdefault("GGML_NO_BACKTRACE", "1")
     return env
+
+
+def spawn(cmd: Sequence[str], stdout: Any) -> subprocess.Popen[bytes]:
+    """Start the llama.cpp binary `cmd` with stderr piped, no stdin and `llama_env()`; a
+    RuntimeFailure if it cannot start."""
+    try:
+        return subprocess.Popen(
+            list(cmd),
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=llama_env(),
+        )
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot start {cmd[0]}: {exc.strerror}.") from exc
 
 
 @dataclass
@@ -94,16 +110,7 @@ def run_streaming(cmd: Sequence[str], what: str) -> None:
     """
     debug = debug_enabled()
     tail: collections.deque[str] = collections.deque(maxlen=40)
-    try:
-        proc = subprocess.Popen(
-            list(cmd),
-            stdout=sys.stdout,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            env=llama_env(),
-        )
-    except OSError as exc:
-        raise RuntimeFailure(f"cannot start {cmd[0]}: {exc.strerror}.") from exc
+    proc = spawn(cmd, stdout=sys.stdout)
 
     def drain() -> None:
         assert proc.stderr is not None
