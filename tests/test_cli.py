@@ -63,6 +63,18 @@ def test_debug_shows_traceback(capsys, monkeypatch) -> None:
     assert "Traceback" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("debug", "expected"), [(None, "1"), ("0", "1"), ("1", None)])
+def test_llama_env_backtrace_only_with_debug(monkeypatch, debug, expected) -> None:
+    from bitnet.tools.runtime import llama_env
+
+    monkeypatch.delenv("GGML_NO_BACKTRACE", raising=False)
+    if debug is None:
+        monkeypatch.delenv("BITNET_DEBUG", raising=False)
+    else:
+        monkeypatch.setenv("BITNET_DEBUG", debug)
+    assert llama_env().get("GGML_NO_BACKTRACE") == expected
+
+
 def test_unknown_exceptions_keep_their_traceback() -> None:
     with pytest.raises(ZeroDivisionError):
         _raiser(ZeroDivisionError("bug"))()
