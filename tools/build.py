@@ -780,12 +780,17 @@ _MAKE_PROGRESS = re.compile(r"^\[\s*(\d+)%\]")
 
 
 def _run_logged(
-    cmd: Sequence[str], log: TextIO, what: str, progress: ProgressFn | None, log_path: Path
-) -> None:
+    cmd: Sequence[str], log: TextIO, what: str, progress: ProgressFn | None, log_path: Path,
+    cache: Path,
+) -> None:  # fmt: skip
     """Run `cmd`, appending its output to `log`; report ninja/make progress; raise on failure."""
     log.write(f"\n$ {' '.join(cmd)}\n")
     log.flush()
-    env = dict(os.environ, CCACHE_SLOPPINESS=os.environ.get("CCACHE_SLOPPINESS", "time_macros"))
+    env = dict(os.environ)
+    env.setdefault("CCACHE_SLOPPINESS", "time_macros")
+    # Paths under the cache reach ccache relative to it, so another cache ($BITNET_CACHE of a
+    # second checkout, CI's) with the same sources hits the same ccache entries.
+    env.setdefault("CCACHE_BASEDIR", str(cache))
     try:
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
@@ -896,8 +901,11 @@ def _run_build_locked(plan: BuildPlan, progress: ProgressFn | None, start: float
     plan.stamp_file.unlink(missing_ok=True)  # a build that stops half-way is not up to date
     _drop_foreign_cmake_cache(plan)
     with open(plan.log_file, "w") as log:
-        _run_logged(plan.cmake_configure_cmd(), log, "cmake configure", progress, plan.log_file)
-        _run_logged(plan.cmake_build_cmd(), log, "building llama.cpp", progress, plan.log_file)
+        for cmd, what in (
+            (plan.cmake_configure_cmd(), "cmake configure"),
+            (plan.cmake_build_cmd(), "building llama.cpp"),
+        ):
+            _run_logged(cmd, log, what, progress, plan.log_file, plan.cache)
     missing = [t for t in plan.targets if not (plan.bin_dir / t).is_file()]
     if missing:
         raise BuildError(
