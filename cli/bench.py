@@ -8,8 +8,24 @@ from typing import Annotated
 
 import typer
 
-from bitnet.tools import bench as B
 from bitnet.tools import energy as E
+from bitnet.tools.bench.compare import COMPARE_TYPES, prepare_compare
+from bitnet.tools.bench.options import (
+    BenchOptions,
+    ModelSpec,
+    model_info,
+    parse_int_list,
+    parse_names,
+)
+from bitnet.tools.bench.report import (
+    check_outputs,
+    require_matplotlib,
+    summary_lines,
+    table_rows,
+    write_csv,
+    write_plot,
+)
+from bitnet.tools.bench.run import failure_error, run_bench
 from bitnet.tools.errors import UsageError
 
 from . import _output as out
@@ -54,7 +70,7 @@ def bench(
     ] = None,
     types: Annotated[
         str, typer.Option("--types", help="Types for --compare (comma-separated).")
-    ] = ",".join(B.COMPARE_TYPES),
+    ] = ",".join(COMPARE_TYPES),
     baseline: Annotated[
         str | None,
         typer.Option(
@@ -96,12 +112,12 @@ def bench(
     """Benchmark prompt processing (pp) and generation (tg): tokens/s with spread, peak RSS,
     file size, bits per weight, J/token (measured with RAPL, else a labelled estimate) and
     generation as a percentage of the memory-bandwidth bound."""
-    opts = B.BenchOptions(
-        n_prompt=B.parse_int_list(n_prompt, "-p"),
-        n_gen=B.parse_int_list(n_gen, "-n"),
-        threads=B.parse_int_list(threads, "-t"),
+    opts = BenchOptions(
+        n_prompt=parse_int_list(n_prompt, "-p"),
+        n_gen=parse_int_list(n_gen, "-n"),
+        threads=parse_int_list(threads, "-t"),
         repetitions=repetitions,
-        depth=B.parse_int_list(depth, "--depth"),
+        depth=parse_int_list(depth, "--depth"),
         warmup=warmup,
         energy=energy.lower(),
         cpu_watts=cpu_watts,
@@ -110,17 +126,15 @@ def bench(
     )
     opts.check()
     if plot_path is not None:
-        B.require_matplotlib()
-    B.check_outputs([csv_path, plot_path], force)
-    specs = [B.ModelSpec(Path(m)) for m in models or []]
+        require_matplotlib()
+    check_outputs([csv_path, plot_path], force)
+    specs = [ModelSpec(Path(m)) for m in models or []]
     for s in specs:  # fail on a missing file before converting or measuring anything
-        B.model_info(s)
+        model_info(s)
     skipped: list[dict[str, str]] = []
     if compare is not None:
         with out.progress(f"converting {compare.name}") as bar:
-            more, skipped = B.prepare_compare(
-                compare, B.parse_names(types), force=force, progress=bar
-            )
+            more, skipped = prepare_compare(compare, parse_names(types), force=force, progress=bar)
         specs += more
         if baseline is None and any(s.name == "f16" for s in more):
             baseline = "f16"
@@ -130,21 +144,21 @@ def bench(
         raise UsageError("no model to benchmark.", hint="pass -m MODEL.gguf or --compare DIR")
 
     with out.progress("benchmarking") as bar:
-        report = B.run_bench(specs, opts, progress=bar, skipped=skipped, baseline=baseline)
+        report = run_bench(specs, opts, progress=bar, skipped=skipped, baseline=baseline)
 
     if json_out:
         out.emit_json(report)
     else:
-        cols, rows = B.table_rows(report)
+        cols, rows = table_rows(report)
         out.table(cols, rows, title=f"bitnet bench — {report['host']['cpu']}")
-        for line in B.summary_lines(report):
+        for line in summary_lines(report):
             out.info(line)
     for note in report["notes"]:
         out.warn(note)
     if csv_path is not None:
-        out.info(f"wrote {B.write_csv(report, csv_path, force)}")
+        out.info(f"wrote {write_csv(report, csv_path, force)}")
     if plot_path is not None:
-        out.info(f"wrote {B.write_plot(report, plot_path, force)}")
-    err = B.failure_error(report)
+        out.info(f"wrote {write_plot(report, plot_path, force)}")
+    err = failure_error(report)
     if err is not None:
         raise err
