@@ -41,23 +41,34 @@ def _default_threads() -> str:
 def bench(
     models: Annotated[
         list[Path] | None,
-        typer.Option("-m", "--model", help="GGUF model to benchmark (repeat for several)."),
+        typer.Option(
+            "-m", "--model", metavar="FILE", help="GGUF model to benchmark (repeat for several)."
+        ),
     ] = None,
     n_prompt: Annotated[
-        str, typer.Option("-p", "--n-prompt", help="Prompt lengths, e.g. 128,512 (0: none).")
+        str,
+        typer.Option(
+            "-p", "--n-prompt", metavar="N,...", help="Prompt lengths, e.g. 128,512 (0: none)."
+        ),
     ] = "128",
     n_gen: Annotated[
-        str, typer.Option("-n", "--n-gen", help="Generated tokens, e.g. 64 (0: none).")
+        str,
+        typer.Option("-n", "--n-gen", metavar="N,...", help="Generated tokens, e.g. 64 (0: none)."),
     ] = "64",
     threads: Annotated[
-        str, typer.Option("-t", "--threads", help="Thread counts, e.g. 1,2.")
+        str, typer.Option("-t", "--threads", metavar="N,...", help="Thread counts, e.g. 1,2.")
     ] = _default_threads(),
     repetitions: Annotated[
-        int, typer.Option("-r", "--repetitions", help="Timed repetitions per test.")
+        int, typer.Option("-r", "--repetitions", metavar="N", help="Timed repetitions per test.")
     ] = 5,
     depth: Annotated[
         str,
-        typer.Option("-d", "--depth", help="Context already filled before each test, e.g. 0,512."),
+        typer.Option(
+            "-d",
+            "--depth",
+            metavar="N,...",
+            help="Context already filled before each test, e.g. 0,512.",
+        ),
     ] = "0",
     warmup: Annotated[
         bool, typer.Option("--warmup/--no-warmup", help="One untimed run before each test.")
@@ -65,28 +76,42 @@ def bench(
     compare: Annotated[
         Path | None,
         typer.Option(
-            "--compare", help="HF checkpoint folder: convert it to --types and bench them all."
+            "--compare",
+            metavar="DIR",
+            help="HF checkpoint folder: convert it to --types and bench them all.",
         ),
     ] = None,
     types: Annotated[
-        str, typer.Option("--types", help="Types for --compare (comma-separated).")
+        str,
+        typer.Option("--types", metavar="TYPE,...", help="Types for --compare (comma-separated)."),
     ] = ",".join(COMPARE_TYPES),
     baseline: Annotated[
         str | None,
         typer.Option(
-            "--baseline", help="Type or model name the ratios are against (--compare: f16)."
+            "--baseline",
+            metavar="NAME",
+            help="Type or model name the ratios are against (--compare: f16).",
         ),
     ] = None,
     energy: Annotated[
         str,
-        typer.Option("--energy", help="auto (RAPL if readable, else estimate), rapl or estimate."),
+        typer.Option(
+            "--energy",
+            metavar="MODE",
+            help="auto (RAPL if readable, else estimate), rapl or estimate.",
+        ),
     ] = "auto",
     cpu_watts: Annotated[
         float,
-        typer.Option("--cpu-watts", help="Estimate: watts per busy core (see docs/bench.md)."),
+        typer.Option(
+            "--cpu-watts", metavar="W", help="Estimate: watts per busy core (see docs/bench.md)."
+        ),
     ] = E.DEFAULT_CPU_WATTS,
     dram_pj: Annotated[
-        float, typer.Option("--dram-pj-per-byte", help="Estimate: DRAM energy per byte moved, pJ.")
+        float,
+        typer.Option(
+            "--dram-pj-per-byte", metavar="PJ", help="Estimate: DRAM energy per byte moved, pJ."
+        ),
     ] = E.DEFAULT_DRAM_PJ_PER_BYTE,
     probe: Annotated[
         bool,
@@ -98,20 +123,27 @@ def bench(
         bool, typer.Option("--json", help="Print the report as JSON (schema: docs/bench.md).")
     ] = False,
     csv_path: Annotated[
-        Path | None, typer.Option("--csv", help="Also write the results as CSV.")
+        Path | None, typer.Option("--csv", metavar="FILE", help="Also write the results as CSV.")
     ] = None,
     plot_path: Annotated[
         Path | None,
-        typer.Option("--plot", help="Also draw tokens/s and J/token to a PNG (needs matplotlib)."),
+        typer.Option(
+            "--plot",
+            metavar="FILE.png",
+            help="Also draw tokens/s and J/token to a PNG (needs matplotlib).",
+        ),
     ] = None,
     force: Annotated[
         bool,
         typer.Option("--force", help="Overwrite existing --csv/--plot files; reconvert --compare."),
     ] = False,
 ) -> None:
-    """Benchmark prompt processing (pp) and generation (tg): tokens/s with spread, peak RSS,
-    file size, bits per weight, J/token (measured with RAPL, else a labelled estimate) and
-    generation as a percentage of the memory-bandwidth bound."""
+    """Benchmark the speed, memory and energy of GGUF models.
+
+    Prompt processing (pp) and generation (tg): tokens/s with spread, peak RSS, file size,
+    bits per weight, J/token (measured with RAPL, else a labelled estimate) and generation as
+    a percentage of the memory-bandwidth bound.
+    """
     opts = BenchOptions(
         n_prompt=parse_int_list(n_prompt, "-p"),
         n_gen=parse_int_list(n_gen, "-n"),
