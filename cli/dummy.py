@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -14,6 +14,11 @@ from . import _output as out
 from ._errors import handle_errors
 
 _PRESET_HELP = f"Shape: {', '.join(dummy_lib.preset_names())}."
+
+
+def _override(what: str) -> Any:
+    """A `--NAME N` option that overrides one number of the preset's shape."""
+    return typer.Option(metavar="N", help=f"Override {what}.")
 
 
 @handle_errors
@@ -34,27 +39,13 @@ def dummy(
     seed: Annotated[
         int, typer.Option(min=0, metavar="N", help="Random seed; same seed, same bytes.")
     ] = 0,
-    hidden: Annotated[
-        int | None, typer.Option(metavar="N", help="Override the hidden size.")
-    ] = None,
-    layers: Annotated[
-        int | None, typer.Option(metavar="N", help="Override the number of layers.")
-    ] = None,
-    heads: Annotated[
-        int | None, typer.Option(metavar="N", help="Override the attention heads.")
-    ] = None,
-    kv_heads: Annotated[
-        int | None, typer.Option(metavar="N", help="Override the key/value heads.")
-    ] = None,
-    ffn: Annotated[
-        int | None, typer.Option(metavar="N", help="Override the FFN (intermediate) size.")
-    ] = None,
-    vocab: Annotated[
-        int | None, typer.Option(metavar="N", help="Override the vocabulary size.")
-    ] = None,
-    ctx: Annotated[
-        int | None, typer.Option(metavar="N", help="Override max_position_embeddings.")
-    ] = None,
+    hidden: Annotated[int | None, _override("the hidden size")] = None,
+    layers: Annotated[int | None, _override("the number of layers")] = None,
+    heads: Annotated[int | None, _override("the attention heads")] = None,
+    kv_heads: Annotated[int | None, _override("the key/value heads")] = None,
+    ffn: Annotated[int | None, _override("the FFN (intermediate) size")] = None,
+    vocab: Annotated[int | None, _override("the vocabulary size")] = None,
+    ctx: Annotated[int | None, _override("max_position_embeddings")] = None,
     untied: Annotated[
         bool, typer.Option("--untied", help="Write a separate lm_head.weight.")
     ] = False,
