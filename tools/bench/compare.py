@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from ..build import default_cache, ensure_tl_kernels, find_binary
+from ..build import ProgressFn, default_cache, ensure_tl_kernels, find_binary
 from ..errors import BuildError, InputNotFoundError, RuntimeFailure, ShapeError, UsageError
 from ..fsutil import atomic_output
 from ..runtime import llama_env
 from .options import ModelSpec
-
-ProgressFn = Callable[[int, int, str], None]
 
 #: Types `--compare` converts to by default (q4_0 via llama-quantize from the f16 file).
 COMPARE_TYPES = ("i2_s", "tq1_0", "tq2_0", "q4_0", "f16", "tl2")

@@ -6,13 +6,13 @@ import datetime
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .. import energy as E
 from ..bandwidth import Bandwidth, measure_read_bandwidth
-from ..build import check_tl_served, find_binary
+from ..build import ProgressFn, check_tl_served, find_binary
 from ..errors import BitnetError, RuntimeFailure, UsageError
 from .llama_bench import (
     CRASH_SIGNALS,
@@ -26,8 +26,6 @@ from .llama_bench import (
 from .options import BenchOptions, ModelInfo, ModelSpec, model_info
 from .report import schema_id
 from .stats import Window, stats, test_bound, test_energy, test_name, timed_windows
-
-ProgressFn = Callable[[int, int, str], None]
 
 #: CPUs kept busy by other processes (see busy_cpus) above which the report warns.
 BUSY_LOAD = 0.25
