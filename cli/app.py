@@ -1,8 +1,8 @@
 """The `bitnet` Typer app: wiring only. Each command lives in its own module.
 
 A command's module is imported only when that command runs or its help is shown, so that
-`bitnet --version` and `bitnet run` do not pay for NumPy, Rich or the converters they do not use
-(tests/test_cli.py keeps `import bitnet.cli.app` free of them).
+`bitnet --version` loads no command and a command never pays for another's imports (NumPy, Rich
+tables, matplotlib, the converters); tests/test_cli.py keeps `import bitnet.cli.app` free of them.
 """
 
 from __future__ import annotations
