@@ -6,11 +6,11 @@ import typer
 
 import bitnet
 
-from . import bench, codegen, convert, dummy, inspect, run
+from . import bench, chat, codegen, convert, dummy, inspect, run
 
 app = typer.Typer(
     name="bitnet",
-    help="Ternary (1.58-bit) LLMs on ordinary CPUs: convert, inspect, run and benchmark.",
+    help="Ternary (1.58-bit) LLMs on ordinary CPUs: convert, inspect, run, chat and benchmark.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -32,7 +32,7 @@ def _root(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
-    """Ternary (1.58-bit) LLMs on ordinary CPUs: convert, inspect, run and benchmark."""
+    """Ternary (1.58-bit) LLMs on ordinary CPUs: convert, inspect, run, chat and benchmark."""
 
 
 # --- commands (one module each) ---------------------------------------------------------------
@@ -40,6 +40,7 @@ app.command("convert")(convert.convert)
 app.command("inspect")(inspect.inspect)
 app.command("dummy")(dummy.dummy)
 app.command("run")(run.run)
+app.command("chat")(chat.chat)
 app.command("bench")(bench.bench)
 app.command("codegen")(codegen.codegen)
 
