@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from native_helpers import binary
+from native_helpers import api_available
 from typer.testing import CliRunner
 
 from bitnet.cli.app import app
@@ -36,8 +36,7 @@ def test_parse_command():
 
 @pytest.fixture(scope="module")
 def tiny_gguf(tiny_packed: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    binary("llama-completion")
-    pytest.importorskip("llama_cpp", reason="bindings not installed: setup_env.py")
+    api_available()
     out = tmp_path_factory.mktemp("chat") / "tiny.gguf"
     res = CliRunner().invoke(app, ["convert", str(tiny_packed), "-o", str(out)])
     assert res.exit_code == 0, res.stderr

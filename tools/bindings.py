@@ -10,6 +10,8 @@ with our kernels, for both the command-line tools and `import bitnet`.
 
 from __future__ import annotations
 
+import collections
+import ctypes
 import os
 import subprocess
 import sys
@@ -112,4 +114,30 @@ def load() -> Any:
             f"in {lib_dir}.",
             hint=f"call bitnet.load before importing {MODULE} yourself",
         )
+    if _log_callback is None:
+        _capture_log(llama_cpp)
     return llama_cpp
+
+
+# --- llama.cpp's log ----------------------------------------------------------------------------
+
+#: The last lines llama.cpp logged (to explain a failure), and whether to echo them to stderr.
+log_tail: collections.deque[str] = collections.deque(maxlen=40)
+echo_log = False
+_log_callback: Any = None  # kept alive: llama.cpp holds a pointer to it
+
+
+def _capture_log(llama_cpp: Any) -> None:
+    """Route llama.cpp's log into `log_tail` (echoed with `echo_log`). The bindings' own filter
+    reads the pinned ggml's log levels off by one (WARN as ERROR), so warnings would print."""
+    global _log_callback
+
+    @llama_cpp.llama_log_callback
+    def on_log(level: int, text: bytes, user_data: Any) -> None:
+        line = text.decode("utf-8", "replace")
+        log_tail.append(line)
+        if echo_log:
+            sys.stderr.write(line)
+
+    llama_cpp.llama_log_set(on_log, ctypes.c_void_p(0))
+    _log_callback = on_log

@@ -136,6 +136,9 @@ class ChatSession:
             "system": self.system,
             "messages": self.messages(),
         }
-        with atomic_output(path, force) as tmp:
-            tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        try:
+            with atomic_output(path, force) as tmp:
+                tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        except OSError as exc:
+            raise UsageError(f"cannot write {path}: {exc.strerror}.") from exc
         return path

@@ -108,6 +108,7 @@ class LLM:
             raise UsageError(f"n_ctx must be at least 1, not {n_ctx}.")
         self._lib = bindings.load()
         verbose = debug_enabled() if verbose is None else verbose
+        bindings.echo_log = verbose
         # llama.cpp's own default thread count (the number of cores), as `bitnet run` uses.
         threads = n_threads or max(1, os.cpu_count() or 1)
         try:
@@ -124,9 +125,16 @@ class LLM:
                 verbose=verbose,
             )
         except (ValueError, RuntimeError) as exc:
-            raise RuntimeFailure(f"llama.cpp could not load {self.path}: {exc}") from exc
+            from .runtime import explain_log
+
+            raise RuntimeFailure(
+                f"llama.cpp could not load {self.path}: {explain_log(bindings.log_tail) or exc}"
+            ) from exc
         self._vocab = self._llama._model.vocab
-        self.n_ctx: int = self._llama.n_ctx()
+        self._bos_text = self._special_text(self._llama.token_bos())
+        self._eos_text = self._special_text(self._llama.token_eos())
+        # llama.cpp pads its context up to a multiple of 256; the bindings' buffers hold n_ctx.
+        self.n_ctx: int = min(n_ctx, self._llama.n_ctx())
         self.n_threads = threads
         self.last = Stats()
         self._active: TextStream | None = None
@@ -178,6 +186,9 @@ class LLM:
             buf = ctypes.create_string_buffer(-n)
             n = lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
         return buf.raw[:n]
+
+    def _special_text(self, token: int) -> str:
+        return self._piece(token, True).decode("utf-8", "replace") if token >= 0 else ""
 
     def is_end_of_generation(self, token: int) -> bool:
         """True for the model's end-of-turn/end-of-text tokens (llama.cpp's EOG set)."""
@@ -236,12 +247,11 @@ class LLM:
             )
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        llama = self._live()
-        bos, eos = llama.token_bos(), llama.token_eos()
+        self._live()
         fmt = Jinja2ChatFormatter(
             template=self._template,
-            eos_token=self._piece(eos, True).decode("utf-8", "replace") if eos >= 0 else "",
-            bos_token=self._piece(bos, True).decode("utf-8", "replace") if bos >= 0 else "",
+            eos_token=self._eos_text,
+            bos_token=self._bos_text,
             add_generation_prompt=add_generation_prompt,
         )
         return fmt(messages=[dict(m) for m in messages]).prompt
@@ -251,11 +261,10 @@ class LLM:
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
                 raise UsageError(f"message {i} needs a 'role' and a 'content': {m!r}")
-        ids = self.tokenize(self.apply_chat_template(messages))
-        bos = self._live().token_bos()
-        if len(ids) >= 2 and ids[0] == ids[1] == bos:  # the template wrote BOS too
-            ids = ids[1:]
-        return ids
+        text = self.apply_chat_template(messages)
+        # A template that writes BOS itself (most do) must not get a second one from tokenize.
+        own_bos = bool(self._bos_text) and text.startswith(self._bos_text)
+        return self.tokenize(text, add_bos=not own_bos)
 
     def _start(
         self,
