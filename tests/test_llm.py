@@ -17,6 +17,7 @@ from native_helpers import api_available, binary
 from typer.testing import CliRunner
 
 from bitnet.cli.app import app
+from bitnet.tools.dummy import make_dummy
 from bitnet.tools.errors import InputNotFoundError, UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,10 +36,14 @@ def test_import_bitnet_stays_light():
 
 
 @pytest.fixture(scope="module")
-def tiny_gguf(tiny_packed: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model with an untied head (seed 2): its sampled text varies more than the tied
+    preset's, whose greedy output is one repeated token."""
     api_available()
-    out = tmp_path_factory.mktemp("llm") / "tiny.gguf"
-    res = CliRunner().invoke(app, ["convert", str(tiny_packed), "-o", str(out)])
+    tmp = tmp_path_factory.mktemp("llm")
+    ckpt = make_dummy(tmp / "hf", "tiny", "packed", 2, tie_embeddings=False)
+    out = tmp / "tiny.gguf"
+    res = CliRunner().invoke(app, ["convert", str(ckpt), "-o", str(out)])
     assert res.exit_code == 0, res.stderr
     return out
 
@@ -51,13 +56,16 @@ def llm(tiny_gguf: Path):
         yield model
 
 
-def _run_greedy(gguf: Path, prompt: str, n: int) -> str:
+def _bitnet_run(gguf: Path, prompt: str, n: int, *sampling: str) -> str:
+    """What `bitnet run` prints, less the blank lines llama-completion ends with."""
     binary("llama-completion")
     cmd = [sys.executable, "-m", "bitnet.cli.app", "run", "-m", str(gguf), "-p", prompt]
-    cmd += ["-n", str(n), "--temp", "0", "-t", "2", "-c", "256", "--no-display-prompt"]
+    cmd += ["-n", str(n), "-t", "2", "-c", "256", "--no-display-prompt", *sampling]
     res = subprocess.run(cmd, capture_output=True, timeout=300)
     assert res.returncode == 0, res.stderr.decode()[-2000:]
-    return res.stdout.decode("utf-8", "replace")
+    text = res.stdout.decode("utf-8", "replace")
+    assert text.endswith("\n\n"), repr(text)
+    return text[:-2]
 
 
 @pytest.mark.native
@@ -68,9 +76,17 @@ def test_greedy_tokens_equal_bitnet_run(llm, tiny_gguf, prompt):
     text = "".join(stream)
     assert stream.stats.completion_tokens == len(stream.tokens) > 0
     assert llm.detokenize(stream.tokens) == text
-    assert text == _run_greedy(tiny_gguf, prompt, n)
+    assert text == _bitnet_run(tiny_gguf, prompt, n, "--temp", "0")
     # the same tokens again: nothing left over from the previous call
     assert llm.generate(prompt, max_tokens=n, temperature=0) == text
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("seed", [1, 2])
+def test_sampling_with_a_seed_equals_bitnet_run(llm, tiny_gguf, seed):
+    """The same sampler chain and seed: `--temp 1 --seed S` picks the same tokens."""
+    text = llm.generate(PROMPT, max_tokens=24, temperature=1.0, seed=seed)
+    assert text == _bitnet_run(tiny_gguf, PROMPT, 24, "--temp", "1", "--seed", str(seed))
 
 
 @pytest.mark.native
@@ -114,12 +130,12 @@ def test_chat_uses_the_model_template(llm):
 
 @pytest.mark.native
 def test_stop_strings_cut_the_text(llm):
-    full = llm.generate(PROMPT, max_tokens=24, temperature=0)
-    word = next((w for w in full.split() if len(w) > 2 and full.index(w) > 0), None)
-    if word is None:
-        pytest.skip(f"no word to stop at in {full!r}")
-    cut = llm.generate(PROMPT, max_tokens=24, temperature=0, stop=[word])
-    assert cut == full[: full.index(word)]
+    sampled = {"max_tokens": 24, "temperature": 0.9, "seed": 3}
+    full = llm.generate(PROMPT, **sampled)
+    assert len(full) >= 8, full
+    stop = full[len(full) // 2 : len(full) // 2 + 3]  # any text of the reply
+    cut = llm.generate(PROMPT, stop=[stop], **sampled)
+    assert cut == full[: full.index(stop)]
     assert llm.last.finish_reason == "stop"
 
 
