@@ -20,30 +20,20 @@ if TYPE_CHECKING:
     from bitnet.tools.llm import LLM, TextStream
 
 
-def load(
-    path: str | Path,
-    *,
-    n_threads: int | None = None,
-    n_ctx: int = 2048,
-    n_batch: int = 512,
-    seed: int = -1,
-    verbose: bool | None = None,
-) -> LLM:
-    """Load the GGUF model at `path` for generation in this process.
+def load(path: str | Path, **options: Any) -> LLM:
+    """Load the GGUF model at `path` for generation in this process: `bitnet.tools.llm.LLM`.
 
-    `n_threads`: CPU threads (default: all cores); `n_ctx`: context length in tokens (prompt +
-    reply); `n_batch`: prompt tokens per evaluation step; `seed`: sampling seed (-1: random);
-    `verbose`: llama.cpp's log on stderr (default: only with BITNET_DEBUG=1). Use it as a context
-    manager (or call `close()`) to free its native memory.
+    Options: `n_threads` (default: all cores), `n_ctx` (context in tokens, prompt + reply; 2048),
+    `n_batch` (prompt tokens per evaluation step; 512), `seed` (sampling seed; -1: random),
+    `verbose` (llama.cpp's log on stderr; default: only with BITNET_DEBUG=1). Use it as a
+    context manager (or call `close()`) to free its native memory.
 
         with bitnet.load("model.gguf", n_threads=2) as llm:
             print(llm.generate("Once upon a time", max_tokens=32, temperature=0))
     """
     from bitnet.tools import llm
 
-    return llm.LLM(
-        path, n_threads=n_threads, n_ctx=n_ctx, n_batch=n_batch, seed=seed, verbose=verbose
-    )
+    return llm.LLM(path, **options)
 
 
 def __getattr__(name: str) -> Any:
