@@ -77,7 +77,8 @@ def _loop(session: ChatSession) -> None:
         try:
             cmd = parse_command(line)
             if cmd is None:
-                _reply(session, line.strip())
+                text = line.strip()
+                _reply(session, text[1:] if text.startswith("//") else text)
             elif cmd.name == "exit":
                 return
             else:

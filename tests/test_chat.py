@@ -195,3 +195,33 @@ def test_dropped_turns_are_announced(tiny_gguf):
         child.expect(pexpect.EOF)
     finally:
         child.close()
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+def test_missing_model_is_one_error_line(tmp_path):
+    res = CliRunner().invoke(app, ["chat", "-m", str(tmp_path / "nope.gguf")])
+    assert res.exit_code == 3
+    assert res.stderr.startswith("error: model file") and "Traceback" not in res.stderr
+
+
+@pytest.mark.native
+def test_a_model_without_chat_template_is_refused(tiny_gguf, tmp_path):
+    import numpy as np
+
+    from bitnet.tools.gguf import GGUFReader, GGUFWriter
+
+    r = GGUFReader(tiny_gguf)
+    out = tmp_path / "no-template.gguf"
+    w = GGUFWriter(out)
+    for key, value in r.kv.items():
+        if key != "tokenizer.chat_template":
+            vtype = r.kv_types[key]
+            w.add_kv(key, value, vtype[1] if isinstance(vtype, tuple) else vtype)
+    for name, t in r.tensors.items():
+        w.add_tensor(name, t.shape, t.type_id, t.nbytes)
+    w.write(lambda name: np.asarray(r.data(name)))
+    res = CliRunner().invoke(app, ["chat", "-m", str(out), "-c", "64"])
+    assert res.exit_code == 2, res.stderr
+    assert "has no chat template" in res.stderr and "Traceback" not in res.stderr

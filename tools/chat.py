@@ -48,7 +48,8 @@ class Command:
 
 
 def parse_command(line: str) -> Command | None:
-    """The slash command on `line`, None if it is a message; UsageError for an unknown one."""
+    """The slash command on `line`, None if it is a message (`//text` sends `/text`);
+    UsageError for an unknown command."""
     text = line.strip()
     if not text.startswith("/") or text.startswith("//"):
         return None
