@@ -14,9 +14,10 @@ Stage 1 (this file, standard library only, so a bare `python3` runs it): create 
 checkout unless a virtual environment is already active, `pip install -e .[test]` into it (with
 --dev `.[test,oracle]` at the exact versions of requirements/test.lock; skipped when neither
 pyproject.toml nor the lock changed since the last install), then re-run this file with the
-venv's python. Stage 2 calls `bitnet.tools.build`: fetch the pinned
-llama.cpp sdist into $BITNET_CACHE (default ~/.cache/bitnet), patch it, build it. A second run
-with nothing changed does nothing.
+venv's python. Stage 2 calls `bitnet.tools.build`: fetch the pinned llama.cpp sdist into
+$BITNET_CACHE (default ~/.cache/bitnet), patch it, build it; then installs the Python bindings of
+that sdist without compiling anything (`bitnet.tools.bindings`). A second run with nothing
+changed does nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import venv
 from pathlib import Path
 
@@ -305,6 +307,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 def stage2(args: argparse.Namespace) -> int:
     from bitnet.cli import _output as out
     from bitnet.cli._errors import exit_code_for
+    from bitnet.tools import bindings
     from bitnet.tools import build as B
     from bitnet.tools.errors import BitnetError, BuildError, debug_enabled
 
@@ -318,6 +321,7 @@ def stage2(args: argparse.Namespace) -> int:
         if args.dry_run:
             for line in B.describe(plan):
                 out.data(line)
+            out.data(bindings.describe_install(plan.pin))
             if (args.hf_repo or args.model_dir) and not args.no_model:
                 out.data(
                     f"then convert {args.hf_repo or args.model_dir} to {args.quant_type} "
@@ -334,6 +338,13 @@ def stage2(args: argparse.Namespace) -> int:
             with out.progress("building llama.cpp") as bar:
                 res = B.run_build(plan, bar)
             out.info(f"built in {res.seconds:.0f} s; binaries in {res.bin_dir}")
+        with out.progress("installing the Python bindings") as bar:
+            start = time.perf_counter()
+            if bindings.ensure_installed(plan.cache, bar):
+                out.info(
+                    f"installed the Python bindings ({plan.pin.package} {plan.pin.version}, "
+                    f"nothing compiled) in {time.perf_counter() - start:.0f} s"
+                )
         if not args.no_model:
             source = args.hf_repo or args.model_dir
             if source is None:

@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "inspect:inspect",
     "dummy": "dummy:dummy",
     "run": "run:run",
+    "chat": "chat:chat",
     "bench": "bench:bench",
     "codegen": "codegen:codegen",
 }
@@ -67,7 +68,7 @@ class LazyGroup(TyperGroup):
 app = typer.Typer(
     name="bitnet",
     cls=LazyGroup,
-    help="Ternary (1.58-bit) LLMs on ordinary CPUs: convert, inspect, run and benchmark.",
+    help="Ternary (1.58-bit) LLMs on ordinary CPUs: convert, inspect, run, chat and benchmark.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -90,7 +91,7 @@ def _root(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
-    """Ternary (1.58-bit) LLMs on ordinary CPUs: convert, inspect, run and benchmark."""
+    """Ternary (1.58-bit) LLMs on ordinary CPUs: convert, inspect, run, chat and benchmark."""
 
 
 def main() -> None:

@@ -375,6 +375,8 @@ def test_setup_env_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert "configure:" in res.stdout and "-DGGML_NATIVE=OFF" in res.stdout
+    assert "-DBUILD_SHARED_LIBS=ON" in res.stdout  # the Python API loads the same build
+    assert "the Python bindings" in res.stdout
     assert "0001-" in res.stdout
     assert not (tmp_path / "cache").exists()
     assert "Traceback" not in res.stderr

@@ -94,11 +94,13 @@ _CPU_FLAGS: dict[str, dict[str, str]] = {
 
 _NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 
-#: Options common to every build: Release, static binaries that run from anywhere, only the
-#: tools we need, no network at build time (no curl/openssl, no prebuilt web UI download).
+#: Options common to every build: Release, only the tools we need, no network at build time (no
+#: curl/openssl, no prebuilt web UI download). Shared libraries (libllama.so, libggml*.so next to
+#: the binaries in bin/, found through the build's RPATH) so that the Python API's bindings load
+#: the very same build: llama.cpp is compiled once.
 _COMMON_FLAGS: dict[str, str] = {
     "CMAKE_BUILD_TYPE": "Release",
-    "BUILD_SHARED_LIBS": "OFF",
+    "BUILD_SHARED_LIBS": "ON",
     "LLAMA_CURL": "OFF",
     "LLAMA_OPENSSL": "OFF",
     "LLAMA_BUILD_TESTS": "OFF",
