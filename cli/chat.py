@@ -21,25 +21,38 @@ PROMPT = "> "
 
 @handle_errors
 def chat(
-    model: Annotated[Path, typer.Option("-m", "--model", help="GGUF model file.")],
+    model: Annotated[Path, typer.Option("-m", "--model", metavar="FILE", help="GGUF model file.")],
     system: Annotated[
-        str | None, typer.Option("--system", "-s", help="System message for the conversation.")
+        str | None,
+        typer.Option("--system", "-s", metavar="TEXT", help="System message for the conversation."),
     ] = None,
     n_predict: Annotated[
-        int, typer.Option("-n", "--n-predict", help="Tokens per reply at most (-1: no limit).")
+        int,
+        typer.Option(
+            "-n", "--n-predict", metavar="N", help="Tokens per reply at most (-1: no limit)."
+        ),
     ] = -1,
-    threads: Annotated[int | None, typer.Option("-t", "--threads", help="CPU threads.")] = None,
+    threads: Annotated[
+        int | None, typer.Option("-t", "--threads", metavar="N", help="CPU threads.")
+    ] = None,
     ctx_size: Annotated[
-        int, typer.Option("-c", "--ctx-size", help="Context in tokens (history + reply).")
+        int,
+        typer.Option("-c", "--ctx-size", metavar="N", help="Context in tokens (history + reply)."),
     ] = 4096,
-    temp: Annotated[float, typer.Option("--temp", help="Temperature; 0 = greedy.")] = 0.8,
-    top_k: Annotated[int, typer.Option("--top-k", help="Top-k sampling.")] = 40,
-    top_p: Annotated[float, typer.Option("--top-p", help="Top-p sampling.")] = 0.95,
-    seed: Annotated[int, typer.Option("--seed", help="Sampling seed (-1 = random).")] = -1,
+    temp: Annotated[
+        float, typer.Option("--temp", metavar="T", help="Temperature; 0 = greedy.")
+    ] = 0.8,
+    top_k: Annotated[int, typer.Option("--top-k", metavar="K", help="Top-k sampling.")] = 40,
+    top_p: Annotated[float, typer.Option("--top-p", metavar="P", help="Top-p sampling.")] = 0.95,
+    seed: Annotated[
+        int, typer.Option("--seed", metavar="N", help="Sampling seed (-1 = random).")
+    ] = -1,
 ) -> None:
-    """Chat with a model: replies stream as they are generated; /help lists the commands,
-    Ctrl-C stops a reply, Ctrl-D leaves. The oldest exchanges are dropped (with a notice) when the
-    conversation outgrows the context."""
+    """Chat with a GGUF model in the terminal.
+
+    Replies stream as they are generated; /help lists the commands, Ctrl-C stops a reply, Ctrl-D
+    leaves. The oldest exchanges are dropped (with a notice) when the conversation outgrows the
+    context."""
     import bitnet
     from bitnet.tools.chat import ChatSession
 
