@@ -1,4 +1,4 @@
-"""`bitnet dummy`: write a made-up BitNet b1.58 checkpoint (HF layout) of a chosen shape."""
+"""`bitnet dummy`: write a made-up ternary checkpoint (a family's HF layout) of a chosen shape."""
 
 from __future__ import annotations
 
@@ -24,8 +24,20 @@ def dummy(
     ] = None,
     preset: Annotated[str, typer.Option(help=_PRESET_HELP)] = "tiny",
     layout: Annotated[
-        str, typer.Option(help="packed (uint8 + weight_scale, like 2B-4T) or bf16 (masters).")
-    ] = "packed",
+        str | None,
+        typer.Option(
+            help="packed (uint8 + weight_scale), bf16 or fp16 (masters); default: the family's."
+        ),
+    ] = None,
+    family: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Checkpoint family: {', '.join(dummy_lib.FAMILIES)} (default: preset's)."
+        ),
+    ] = None,
+    act: Annotated[
+        str | None, typer.Option("--act", help="hidden_act: relu2 or silu (default: family's).")
+    ] = None,
     seed: Annotated[int, typer.Option(min=0, help="Random seed; same seed, same bytes.")] = 0,
     hidden: Annotated[int | None, typer.Option(help="Override the hidden size.")] = None,
     layers: Annotated[int | None, typer.Option(help="Override the number of layers.")] = None,
@@ -47,7 +59,7 @@ def dummy(
         bool, typer.Option("--json", help="Print the plan (and result) as JSON.")
     ] = False,
 ) -> None:
-    """Make a random BitNet b1.58 checkpoint from a seed (tests, benchmarks, no download)."""
+    """Make a random ternary checkpoint from a seed (tests, benchmarks, no download)."""
     overrides = {
         "hidden": hidden,
         "layers": layers,
@@ -57,6 +69,8 @@ def dummy(
         "vocab": vocab,
         "ctx": ctx,
         "tie_embeddings": False if untied else None,
+        "family": family,
+        "hidden_act": act,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     plan = dummy_lib.plan_dummy(preset, layout, seed, **overrides)
@@ -78,7 +92,7 @@ def dummy(
         raise UsageError("no output folder given.", hint="pass -o DIR (or --dry-run to only plan)")
     with out.progress(f"writing {plan.preset} dummy") as bar:
         path = dummy_lib.make_dummy(
-            output, plan.preset, layout, seed, force=force, progress=bar, **overrides
+            output, plan.preset, plan.layout, seed, force=force, progress=bar, **overrides
         )
     if as_json:
         out.emit_json({**plan.to_json(), "output": str(path)})
