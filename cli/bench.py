@@ -11,6 +11,7 @@ import typer
 from bitnet.tools import bench as B
 from bitnet.tools import energy as E
 from bitnet.tools.errors import UsageError
+from bitnet.tools.store import resolve_model
 
 from . import _output as out
 from ._errors import handle_errors
@@ -24,8 +25,10 @@ def _default_threads() -> str:
 @handle_errors
 def bench(
     models: Annotated[
-        list[Path] | None,
-        typer.Option("-m", "--model", help="GGUF model to benchmark (repeat for several)."),
+        list[str] | None,
+        typer.Option(
+            "-m", "--model", help="GGUF model or store name to benchmark (repeat for several)."
+        ),
     ] = None,
     n_prompt: Annotated[
         str, typer.Option("-p", "--n-prompt", help="Prompt lengths, e.g. 128,512 (0: none).")
@@ -112,7 +115,7 @@ def bench(
     if plot_path is not None:
         B.require_matplotlib()
     B.check_outputs([csv_path, plot_path], force)
-    specs = [B.ModelSpec(Path(m)) for m in models or []]
+    specs = [B.ModelSpec(resolve_model(m)) for m in models or []]
     for s in specs:  # fail on a missing file before converting or measuring anything
         B.model_info(s)
     skipped: list[dict[str, str]] = []

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from bitnet.tools import runtime
+from bitnet.tools.store import resolve_model
 
 from ._errors import handle_errors
 
 
 @handle_errors
 def run(
-    model: Annotated[Path, typer.Option("-m", "--model", help="GGUF model file.")],
+    model: Annotated[
+        str, typer.Option("-m", "--model", help="GGUF model file, or a store name (bitnet list).")
+    ],
     prompt: Annotated[
         str, typer.Option("-p", "--prompt", help="Prompt text (the user turn with --chat).")
     ],
@@ -56,4 +58,4 @@ def run(
         display_prompt=display_prompt,
         extra=list(extra or []),
     )
-    runtime.generate(model, prompt, opts)
+    runtime.generate(resolve_model(model), prompt, opts)
