@@ -87,6 +87,21 @@ def test_permute_qk_interleaves_halves():
     assert permute_qk(w, 1)[:, 0].tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
 
 
+def test_norm_rope_on_permuted_rows_is_neox_rope():
+    """Why the llama graph gets permuted q/k: NORM rope of permuted heads = permuted NEOX rope."""
+    from bitnet.tools.reference import rope_neox, rope_norm
+
+    x = np.random.default_rng(0).standard_normal((5, 3, 16)).astype(np.float32)  # (T, heads, hd)
+    pos = np.arange(5)
+
+    def perm(a):  # per head, rows of the projection = dims of the head
+        return permute_qk(a.reshape(-1, 16).T, 1).T.reshape(a.shape)
+
+    np.testing.assert_array_equal(
+        rope_norm(perm(x), pos, 1e4, 16), perm(rope_neox(x, pos, 1e4, 16))
+    )
+
+
 def test_presets_have_the_family_shapes():
     p = plan_dummy("falcon3-7b")
     assert (p.shape.family, p.shape.head_dim, p.shape.vocab) == ("llama", 256, 131072)
@@ -165,6 +180,28 @@ def test_pre_tokenizer_named_by_hash(ckpts, tmp_path, monkeypatch, name):
     monkeypatch.setattr(vocab, "probe_hash", lambda path: digest)
     out = convert_checkpoint(ckpts["llama"], tmp_path / "m.gguf").path
     assert GGUFReader(out).kv["tokenizer.ggml.pre"] == name
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("name", ["falcon_e", "falcon3"])
+def test_falcon_pre_tokenizers_load(ckpts, tmp_path, monkeypatch, name):
+    """The pinned llama.cpp knows falcon3; `falcon_e` needs patch 0008 (bitnet.cpp issue #622).
+    Both tokenize like llama-bpe (the Llama-3 regex)."""
+    import subprocess
+
+    from native_helpers import binary
+
+    exe = binary("llama-bitnet-logits")
+    tokens = {}
+    for pre in (name, "llama-bpe"):
+        digest = next(h for h, n in vocab.KNOWN_PRE_HASHES.items() if n == pre)
+        monkeypatch.setattr(vocab, "probe_hash", lambda path, d=digest: d)
+        out = convert_checkpoint(ckpts["llama"], tmp_path / f"{pre}.gguf").path
+        cmd = [str(exe), "-m", str(out), "-p", "Hello world 12345 it's", "--tokenize-only"]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr[-1500:]
+        tokens[pre] = json.loads(res.stdout)["tokens"]
+    assert tokens[name] == tokens["llama-bpe"]
 
 
 def test_real_llama3_tokenizer_hashes_to_llama_bpe(tmp_path):
