@@ -324,6 +324,14 @@ _SP_TYPES = {1: TokenType.NORMAL, 2: TokenType.UNKNOWN, 3: TokenType.CONTROL,
              4: TokenType.USER_DEFINED, 5: TokenType.UNUSED, 6: TokenType.BYTE}  # fmt: skip
 
 
+def _pad_pieces(tokens: list[str], scores: list[float], types: list[int], n: int) -> None:
+    """Append UNUSED `[PAD{i}]` tokens until there are `n` (ids no piece or added token has)."""
+    while len(tokens) < n:
+        tokens.append(f"[PAD{len(tokens)}]")
+        scores.append(-1000.0)
+        types.append(int(TokenType.UNUSED))
+
+
 def _load_sentencepiece(folder: Path, config: dict[str, Any]) -> Vocab:
     path = folder / "tokenizer.model"
     try:
@@ -374,10 +382,7 @@ def _load_sentencepiece(folder: Path, config: dict[str, Any]) -> Vocab:
                 f"added token {text!r} has id {idx}, beyond vocab_size {vocab_size}.",
                 hint="check that config.json and the tokenizer files belong together",
             )
-        while len(tokens) < idx:
-            tokens.append(f"[PAD{len(tokens)}]")
-            scores.append(-1000.0)
-            types.append(int(TokenType.UNUSED))
+        _pad_pieces(tokens, scores, types, idx)
         tokens.append(text)
         scores.append(-1000.0)
         types.append(int(TokenType.USER_DEFINED))
@@ -386,10 +391,7 @@ def _load_sentencepiece(folder: Path, config: dict[str, Any]) -> Vocab:
             f"{path} has {len(tokens)} tokens, more than the model's vocab_size {vocab_size}.",
             hint="check that config.json and the tokenizer files belong together",
         )
-    while len(tokens) < vocab_size:
-        tokens.append(f"[PAD{len(tokens)}]")
-        scores.append(-1000.0)
-        types.append(int(TokenType.UNUSED))
+    _pad_pieces(tokens, scores, types, vocab_size)
 
     ids = {text: i for i, text in enumerate(tokens)}
 
