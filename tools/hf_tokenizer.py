@@ -572,8 +572,10 @@ class SentencePieceTokenizer:
 
 
 def build_sentencepiece(vocab_size: int) -> SentencePieceTokenizer:
-    """A SentencePiece tokenizer with exactly `vocab_size` ids: the special and byte pieces, words
-    of the embedded text (by frequency), then filler pieces, then the two added tokens."""
+    """A SentencePiece (BPE model) tokenizer with exactly `vocab_size` ids: the special and byte
+    pieces, the embedded text's characters, the trained merges as pieces (so every word's merge
+    path exists, as llama.cpp's SentencePiece tokenizer needs), filler pieces, then the two added
+    tokens. Scores fall with merge rank."""
     base = 3 + 256 + len(SPM_ADDED)
     if vocab_size < base:
         raise UsageError(f"vocab size {vocab_size} is too small for SentencePiece (min {base}).")
@@ -582,11 +584,16 @@ def build_sentencepiece(vocab_size: int) -> SentencePieceTokenizer:
     ]  # fmt: skip
     pieces += [(f"<0x{b:02X}>", 0.0, SPM_BYTE) for b in range(256)]
     n_words = vocab_size - base
-    counts = Counter(re.findall(r"[A-Za-z]+", _CORPUS))
-    words = [SPM_SPACE + w for w, _ in counts.most_common()]
-    words += sorted({c for w in counts for c in w} | {SPM_SPACE})
+    unbyte = {c: b for b, c in byte_to_unicode().items()}
+
+    def text(byte_level: str) -> str | None:
+        t = bytes(unbyte[c] for c in byte_level).decode("utf-8", "replace")
+        return t.replace(" ", SPM_SPACE) if t.isprintable() else None
+
+    chars = sorted({c for c in _CORPUS.replace(" ", SPM_SPACE) if c.isprintable()})
+    merged = [text(a + b) for a, b in _trained_merges(MAX_TRAINED_MERGES)]
     seen: set[str] = set()
-    ordered = [w for w in words if not (w in seen or seen.add(w))]
+    ordered = [w for w in [*chars, *merged] if w and not (w in seen or seen.add(w))]
     ordered += [f"{SPM_SPACE}tok{i}" for i in range(max(0, n_words - len(ordered)))]
     pieces += [(w, -float(i), SPM_NORMAL) for i, w in enumerate(ordered[:n_words])]
     return SentencePieceTokenizer(pieces)
