@@ -37,7 +37,10 @@ def pull(
         bool, typer.Option("--json", help="Print the stored model as JSON.")
     ] = False,
 ) -> None:
-    """Download a model and convert it into the store ($BITNET_HOME); then run it by name."""
+    """Download a model and convert it into the store.
+
+    The store is $BITNET_HOME; run, bench and the other commands then take the model's name.
+    """
     with out.progress(f"pulling {model}") as cb:
         result = store.pull(
             model, outtype.lower(), embedding_type, force=force, revision=revision, progress=cb
@@ -63,7 +66,10 @@ def pull(
 def list_(
     json_out: Annotated[bool, typer.Option("--json", help="Print the models as JSON.")] = False,
 ) -> None:
-    """The models in the store: name, type, size, parameters, family, path."""
+    """List the models in the store.
+
+    Name, type, size, parameters, family and path of each.
+    """
     models = store.list_models()
     if json_out:
         out.emit_json([m.to_dict() for m in models])
