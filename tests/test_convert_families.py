@@ -59,6 +59,27 @@ def test_1bitllm_sentencepiece_vocab(ckpts, tmp_path):
     assert "tokenizer.ggml.merges" not in kv
 
 
+def test_1bitllm_head_saved_twice_is_tied(ckpts, tmp_path):
+    """tie_word_embeddings false + an lm_head equal to the embedding: the bitnet graph's tied head;
+    a different lm_head has no graph there and is refused."""
+    from bitnet.tools.safetensors import write_safetensors
+
+    def variant(name: str, head) -> Path:
+        src = _copy_with_config(ckpts["1bitllm"], tmp_path / name, tie_word_embeddings=False)
+        ck = Checkpoint(src)
+        tensors = {n: np.array(ck.get(n)) for n in ck.names()}
+        ck.close()
+        tensors["lm_head.weight"] = head(tensors["model.embed_tokens.weight"])
+        items = [(n, a, "F16") for n, a in tensors.items()]
+        write_safetensors(src / "model.safetensors", items, {"format": "pt"})
+        return src
+
+    same = convert_checkpoint(variant("same", lambda e: e.copy()), tmp_path / "s.gguf").path
+    assert "output.weight" not in GGUFReader(same).tensors
+    with pytest.raises(UnsupportedArchitectureError, match="differs from the embedding"):
+        convert_checkpoint(variant("other", lambda e: e[::-1].copy()), tmp_path / "o.gguf")
+
+
 def test_llama_family_layout(ckpts, tmp_path):
     out = convert_checkpoint(ckpts["llama"], tmp_path / "m.gguf", "i2_s", "q8_0").path
     r = GGUFReader(out)

@@ -289,20 +289,21 @@ class TernaryDecoder(ArchConverter):
         tensors.append(
             plan_tensor("output_norm.weight", (self.hidden,), f32_q, "model.norm.weight")
         )
-        if "lm_head.weight" in self.ckpt and not self.tie:
-            if arch == ARCH_BITNET:
-                raise UnsupportedArchitectureError(
-                    "an untied lm_head with hidden_act silu and sub-norms has no llama.cpp graph "
-                    "(the bitnet graph always uses token_embd as its head)."
-                )
-            self._check_float("lm_head.weight", emb_shape)
-            tensors.append(plan_tensor("output.weight", emb_shape, emb_q, "lm_head.weight"))
-        elif not self.tie:
+        if not self.tie and "lm_head.weight" not in self.ckpt:
             raise CorruptFileError(
                 "config.json says tie_word_embeddings = false but the checkpoint has no "
                 "lm_head.weight.",
                 hint="re-download the complete checkpoint",
             )
+        if not self.tie:
+            self._check_float("lm_head.weight", emb_shape)
+            if arch != ARCH_BITNET:
+                tensors.append(plan_tensor("output.weight", emb_shape, emb_q, "lm_head.weight"))
+            elif not self._head_is_embedding():  # the bitnet graph's head is token_embd
+                raise UnsupportedArchitectureError(
+                    "an lm_head that differs from the embedding, with hidden_act silu and "
+                    "sub-norms, has no llama.cpp graph (the bitnet graph's head is token_embd)."
+                )
 
         known = set(self._sources) | {"lm_head.weight"}
         unknown = [
@@ -348,6 +349,18 @@ class TernaryDecoder(ArchConverter):
             kv.append((FFN_TRUE_LENGTH, self.n_ff, U32))
         return kv, tensors, layout
 
+    def _head_is_embedding(self) -> bool:
+        """Whether lm_head holds exactly the embedding (a tied head saved twice, as checkpoints
+        written with tie_word_embeddings = false but trained tied do)."""
+        rows = self.vocab_size
+        step = max(1, CHUNK_BYTES // (4 * self.hidden))
+        for start in range(0, rows, step):
+            stop = min(rows, start + step)
+            a = self._rows("lm_head.weight", start, stop)
+            if not np.array_equal(a, self._rows("model.embed_tokens.weight", start, stop)):
+                return False
+        return True
+
     def _outtype_hint(self) -> str:
         """Which --outtype values can hold EVERY linear of this model (FFN padding included)."""
         able = [
@@ -358,7 +371,10 @@ class TernaryDecoder(ArchConverter):
                 for n in range(self.n_ff, self.n_ff + MAX_FFN_PADDING + 1)
             )
         ]
-        return f"pass --outtype {' or '.join(able)} (each holds every linear of this model)"
+        return (
+            f"use type {' or '.join(able)} (each holds every linear of this model): "
+            "--outtype for convert, --type for pull"
+        )
 
     def ignored(self) -> list[str]:
         return [n for n in self.ckpt.names() if n not in self._sources]
