@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 
 
 def load(path: str | Path, **options: Any) -> LLM:
-    """Load the GGUF model at `path` for generation in this process: `bitnet.tools.llm.LLM`.
+    """Load a GGUF model for generation in this process: `bitnet.tools.llm.LLM`.
+
+    `path` is a GGUF file or the name of a model in the store (`bitnet pull`, `bitnet list`).
 
     Options: `n_threads` (default: all cores), `n_ctx` (context in tokens, prompt + reply; 2048),
     `n_batch` (prompt tokens per evaluation step; 512), `seed` (sampling seed; -1: random),
@@ -32,8 +34,9 @@ def load(path: str | Path, **options: Any) -> LLM:
             print(llm.generate("Once upon a time", max_tokens=32, temperature=0))
     """
     from bitnet.tools import llm
+    from bitnet.tools.store import resolve_model
 
-    return llm.LLM(path, **options)
+    return llm.LLM(resolve_model(path), **options)
 
 
 def __getattr__(name: str) -> Any:

@@ -26,6 +26,9 @@ COMMANDS: dict[str, str] = {
     "chat": "chat:chat",
     "bench": "bench:bench",
     "codegen": "codegen:codegen",
+    "pull": "store:pull",
+    "list": "store:list_",
+    "rm": "store:rm",
 }
 
 #: Plain (click) help: it wraps whole paragraphs at the terminal width (80 columns at most)

@@ -27,6 +27,7 @@ from bitnet.tools.bench.report import (
 )
 from bitnet.tools.bench.run import failure_error, run_bench
 from bitnet.tools.errors import UsageError
+from bitnet.tools.store import resolve_model
 
 from . import _output as out
 from ._errors import handle_errors
@@ -40,9 +41,12 @@ def _default_threads() -> str:
 @handle_errors
 def bench(
     models: Annotated[
-        list[Path] | None,
+        list[str] | None,
         typer.Option(
-            "-m", "--model", metavar="FILE", help="GGUF model to benchmark (repeat for several)."
+            "-m",
+            "--model",
+            metavar="FILE|NAME",
+            help="GGUF model or store name to benchmark (repeat for several).",
         ),
     ] = None,
     n_prompt: Annotated[
@@ -160,7 +164,7 @@ def bench(
     if plot_path is not None:
         require_matplotlib()
     check_outputs([csv_path, plot_path], force)
-    specs = [ModelSpec(Path(m)) for m in models or []]
+    specs = [ModelSpec(resolve_model(m)) for m in models or []]
     for s in specs:  # fail on a missing file before converting or measuring anything
         model_info(s)
     skipped: list[dict[str, str]] = []

@@ -21,7 +21,12 @@ PROMPT = "> "
 
 @handle_errors
 def chat(
-    model: Annotated[Path, typer.Option("-m", "--model", metavar="FILE", help="GGUF model file.")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "-m", "--model", metavar="FILE|NAME", help="GGUF model file, or a store name."
+        ),
+    ],
     system: Annotated[
         str | None,
         typer.Option("--system", "-s", metavar="TEXT", help="System message for the conversation."),
@@ -65,7 +70,7 @@ def chat(
             sampling={"temperature": temp, "top_k": top_k, "top_p": top_p},
         )
         out.info(
-            f"chatting with {model.name} ({llm.n_ctx} tokens of context). "
+            f"chatting with {Path(llm.path).name} ({llm.n_ctx} tokens of context). "
             "/help for commands, Ctrl-C stops a reply, Ctrl-D exits."
         )
         _loop(session)

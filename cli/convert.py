@@ -87,7 +87,7 @@ def convert(
         ),
     ] = False,
 ) -> None:
-    """Convert a BitNet b1.58 checkpoint to GGUF.
+    """Convert a ternary checkpoint to GGUF.
 
     I2_S by default; tensors are read, packed and written one at a time.
     """

@@ -1,4 +1,4 @@
-"""`bitnet dummy`: write a made-up BitNet b1.58 checkpoint (HF layout) of a chosen shape."""
+"""`bitnet dummy`: write a made-up ternary checkpoint (a family's HF layout) of a chosen shape."""
 
 from __future__ import annotations
 
@@ -31,11 +31,25 @@ def dummy(
     ] = None,
     preset: Annotated[str, typer.Option(metavar="NAME", help=_PRESET_HELP)] = "tiny",
     layout: Annotated[
-        str,
+        str | None,
         typer.Option(
-            metavar="NAME", help="packed (uint8 + weight_scale, like 2B-4T) or bf16 (masters)."
+            metavar="NAME",
+            help="packed (uint8 + weight_scale), bf16 or fp16 (masters); default: the family's.",
         ),
-    ] = "packed",
+    ] = None,
+    family: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help=f"Checkpoint family: {', '.join(dummy_lib.FAMILIES)} (default: the preset's).",
+        ),
+    ] = None,
+    act: Annotated[
+        str | None,
+        typer.Option(
+            "--act", metavar="NAME", help="hidden_act: relu2 or silu (default: the family's)."
+        ),
+    ] = None,
     seed: Annotated[
         int, typer.Option(min=0, metavar="N", help="Random seed; same seed, same bytes.")
     ] = 0,
@@ -59,9 +73,10 @@ def dummy(
         bool, typer.Option("--json", help="Print the plan (and result) as JSON.")
     ] = False,
 ) -> None:
-    """Make a random BitNet b1.58 checkpoint from a seed.
+    """Make a random ternary checkpoint from a seed.
 
-    For tests and benchmarks: real shapes, random ternary weights, no download.
+    In a model family's layout, for tests and benchmarks: real shapes, random ternary weights, no
+    download.
     """
     overrides = {
         "hidden": hidden,
@@ -72,6 +87,8 @@ def dummy(
         "vocab": vocab,
         "ctx": ctx,
         "tie_embeddings": False if untied else None,
+        "family": family,
+        "hidden_act": act,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     plan = dummy_lib.plan_dummy(preset, layout, seed, **overrides)
@@ -93,7 +110,7 @@ def dummy(
         raise UsageError("no output folder given.", hint="pass -o DIR (or --dry-run to only plan)")
     with out.progress(f"writing {plan.preset} dummy") as bar:
         path = dummy_lib.make_dummy(
-            output, plan.preset, layout, seed, force=force, progress=bar, **overrides
+            output, plan.preset, plan.layout, seed, force=force, progress=bar, **overrides
         )
     if as_json:
         out.emit_json({**plan.to_json(), "output": str(path)})

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from bitnet.tools import runtime
+from bitnet.tools.store import resolve_model
 
 from ._errors import handle_errors
 
 
 @handle_errors
 def run(
-    model: Annotated[Path, typer.Option("-m", "--model", metavar="FILE", help="GGUF model file.")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "-m", "--model", metavar="FILE|NAME", help="GGUF model file, or a store name."
+        ),
+    ],
     prompt: Annotated[
         str,
         typer.Option(
@@ -76,4 +81,4 @@ def run(
         display_prompt=display_prompt,
         extra=list(extra or []),
     )
-    runtime.generate(model, prompt, opts)
+    runtime.generate(resolve_model(model), prompt, opts)

@@ -186,7 +186,7 @@ def test_embedding_types(wide: dict, tmp_path: Path, embedding_type: str) -> Non
 
 
 def test_embedding_is_converted_in_chunks(wide: dict, tmp_path: Path, monkeypatch) -> None:
-    from bitnet.tools.convert import bitnet_for_causal_lm as mod
+    from bitnet.tools.convert import decoder as mod
 
     whole = tmp_path / "whole.gguf"
     convert_checkpoint(wide["bf16"], whole, "i2_s", "q6_k")
@@ -252,8 +252,8 @@ def test_vocab_padding_and_pair_merges(wide: dict, tmp_path: Path) -> None:
 
 def test_registry() -> None:
     assert "BitNetForCausalLM" in supported_architectures()
-    with pytest.raises(UnsupportedArchitectureError, match="BitNetForCausalLM"):
-        converter_for({"architectures": ["LlamaForCausalLM"]})
+    with pytest.raises(UnsupportedArchitectureError, match="BitNetForCausalLM, BitnetForCausalLM"):
+        converter_for({"architectures": ["MistralForCausalLM"]})
 
 
 # --- bad inputs (library) -------------------------------------------------------------------------
@@ -274,8 +274,8 @@ def test_library_errors(tiny_packed: Path, tmp_path: Path) -> None:
     src = _copy(tiny_packed, tmp_path / "m")
     with pytest.raises(InputNotFoundError):
         convert_checkpoint(tmp_path / "missing", tmp_path / "o.gguf")
-    _edit_config(src, hidden_act="silu")
-    with pytest.raises(UnsupportedArchitectureError, match="hidden_act 'silu'"):
+    _edit_config(src, hidden_act="gelu")
+    with pytest.raises(UnsupportedArchitectureError, match="hidden_act 'gelu'.*relu2, silu"):
         convert_checkpoint(src, tmp_path / "o.gguf")
     _edit_config(src, hidden_act="relu2", hidden_size=64)
     with pytest.raises(CorruptFileError, match="config.json implies"):

@@ -201,8 +201,8 @@ def test_existing_output_needs_force(tmp_path: Path) -> None:
 def test_failure_midway_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
     real = dummy_lib._produce
 
-    def failing(seed, plan):
-        gen = real(seed, plan)
+    def failing(seed, plan, *args):
+        gen = real(seed, plan, *args)
         yield next(gen)
         raise RuntimeError("disk on fire")
 

@@ -297,8 +297,8 @@ def test_hparams_from_gguf_kv():
     del kv["bitnet-25.attention.layer_norm_rms_epsilon"]
     with pytest.raises(CorruptFileError, match="layer_norm_rms_epsilon"):
         HParams.from_gguf_kv(kv, n_vocab=61)
-    with pytest.raises(Exception, match="b1.58"):
-        HParams.from_gguf_kv({"general.architecture": "llama"})
+    with pytest.raises(Exception, match="ternary decoder graphs only.*'gpt2'"):
+        HParams.from_gguf_kv({"general.architecture": "gpt2"})
 
 
 # --- from_gguf (needs the gguf writer and the quants package) -------------------------------------

@@ -107,7 +107,11 @@ ARCH_BITNET_B158 = "bitnet-b1.58"
 ARCH_BITNET_25 = "bitnet-25"
 #: Upstream's 1bitLLM graph (SiLU FFN).
 ARCH_BITNET = "bitnet"
+#: The standard Llama graph (SiLU FFN, no sub-norms): Llama3-8B-1.58, Falcon3-*-1.58bit, Falcon-E.
+ARCH_LLAMA = "llama"
 BITNET_B158_ARCHES = (ARCH_BITNET_B158, ARCH_BITNET_25)
+#: Every graph our converters write and the NumPy reference runs.
+TERNARY_ARCHES = (*BITNET_B158_ARCHES, ARCH_BITNET, ARCH_LLAMA)
 
 
 class Keys:
@@ -140,6 +144,7 @@ class Keys:
     TOKENIZER_EOS_ID = "tokenizer.ggml.eos_token_id"
     TOKENIZER_EOT_ID = "tokenizer.ggml.eot_token_id"
     TOKENIZER_PAD_ID = "tokenizer.ggml.padding_token_id"
+    TOKENIZER_UNK_ID = "tokenizer.ggml.unknown_token_id"
     TOKENIZER_ADD_BOS = "tokenizer.ggml.add_bos_token"
     TOKENIZER_ADD_EOS = "tokenizer.ggml.add_eos_token"
     CHAT_TEMPLATE = "tokenizer.chat_template"

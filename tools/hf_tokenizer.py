@@ -266,6 +266,12 @@ class BPETokenizer:
     def eot_id(self) -> int:
         return self.special_id(EOT_TOKEN)
 
+    pad_id = None
+
+    def write(self, folder: Path, model_max_length: int) -> list[Path]:
+        """Write the HF tokenizer files of this tokenizer into `folder`."""
+        return write_tokenizer_files(folder, self, model_max_length)
+
 
 def _special_names(n: int) -> list[str]:
     extra = [f"<|reserved_special_token_{i}|>" for i in range(5, 5 + n - MIN_SPECIALS)]
@@ -382,3 +388,120 @@ def write_tokenizer_files(folder: Path, tok: BPETokenizer, model_max_length: int
         path.write_text(text + "\n", encoding="utf-8")
         written.append(path)
     return written
+
+
+# --- SentencePiece (1bitLLM) ----------------------------------------------------------------------
+
+SPM_SPACE = "\u2581"  # "▁", SentencePiece's word-start marker
+#: 1bitLLM adds these two tokens after the 32000 SentencePiece pieces (vocab 32002, spec §4.2).
+SPM_ADDED = ("<pad>", "</line>")
+#: SentencePiece piece types (sentencepiece_model.proto).
+SPM_NORMAL, SPM_UNKNOWN, SPM_CONTROL, SPM_BYTE = 1, 2, 3, 6
+
+
+def _pb_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _pb_field(num: int, wire: int, payload: bytes | int) -> bytes:
+    key = _pb_varint(num << 3 | wire)
+    if wire == 0:
+        return key + _pb_varint(int(payload))
+    if wire == 5:
+        return key + bytes(payload)  # type: ignore[arg-type]
+    return key + _pb_varint(len(payload)) + bytes(payload)  # type: ignore[arg-type]
+
+
+@dataclass
+class SentencePieceTokenizer:
+    """A Llama-2 style SentencePiece vocabulary (<unk>, <s>, </s>, 256 byte pieces, word pieces
+    with descending scores) plus 1bitLLM's two added tokens."""
+
+    pieces: list[tuple[str, float, int]]  # (text, score, type)
+    added: tuple[str, ...] = SPM_ADDED
+    bos_id: int = 1
+    eos_id: int = 2
+    eot_id = None
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.pieces) + len(self.added)
+
+    @property
+    def pad_id(self) -> int:
+        return len(self.pieces)
+
+    def model_proto(self) -> bytes:
+        """tokenizer.model bytes: ModelProto {pieces = 1, trainer_spec = 2 (unk/bos/eos/pad ids
+        fields 40-43, model_type BPE = 2 in field 3)}."""
+        out = bytearray()
+        for text, score, kind in self.pieces:
+            piece = _pb_field(1, 2, text.encode("utf-8"))
+            piece += _pb_field(2, 5, struct.pack("<f", score)) + _pb_field(3, 0, kind)
+            out += _pb_field(1, 2, piece)
+        spec = _pb_field(3, 0, 2) + _pb_field(40, 0, 0) + _pb_field(41, 0, 1)
+        spec += _pb_field(42, 0, 2) + _pb_field(43, 0, (1 << 64) - 1)  # pad_id -1 (int32)
+        out += _pb_field(2, 2, spec)
+        return bytes(out)
+
+    def write(self, folder: Path, model_max_length: int) -> list[Path]:
+        """tokenizer.model, tokenizer_config.json (added tokens), special_tokens_map.json."""
+        folder = Path(folder)
+        (folder / "tokenizer.model").write_bytes(self.model_proto())
+        n = len(self.pieces)
+        config = {
+            "add_bos_token": True,
+            "add_eos_token": False,
+            "added_tokens_decoder": {
+                str(n + i): {"content": t, "special": False} for i, t in enumerate(self.added)
+            },
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "pad_token": self.added[0],
+            "unk_token": "<unk>",
+            "model_max_length": model_max_length,
+            "tokenizer_class": "LlamaTokenizer",
+        }
+        special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+                   "pad_token": self.added[0]}  # fmt: skip
+        written = []
+        for name, doc in (("tokenizer_config.json", config), ("special_tokens_map.json", special)):
+            (folder / name).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+            written.append(folder / name)
+        return [folder / "tokenizer.model", *written]
+
+
+def build_sentencepiece(vocab_size: int) -> SentencePieceTokenizer:
+    """A SentencePiece (BPE model) tokenizer with exactly `vocab_size` ids: the special and byte
+    pieces, the embedded text's characters, the trained merges as pieces (so every word's merge
+    path exists, as llama.cpp's SentencePiece tokenizer needs), filler pieces, then the two added
+    tokens. Scores fall with merge rank."""
+    base = 3 + 256 + len(SPM_ADDED)
+    if vocab_size < base:
+        raise UsageError(f"vocab size {vocab_size} is too small for SentencePiece (min {base}).")
+    pieces: list[tuple[str, float, int]] = [
+        ("<unk>", 0.0, SPM_UNKNOWN), ("<s>", 0.0, SPM_CONTROL), ("</s>", 0.0, SPM_CONTROL)
+    ]  # fmt: skip
+    pieces += [(f"<0x{b:02X}>", 0.0, SPM_BYTE) for b in range(256)]
+    n_words = vocab_size - base
+    unbyte = {c: b for b, c in byte_to_unicode().items()}
+
+    def text(byte_level: str) -> str | None:
+        t = bytes(unbyte[c] for c in byte_level).decode("utf-8", "replace")
+        return t.replace(" ", SPM_SPACE) if t.isprintable() else None
+
+    chars = sorted({c for c in _CORPUS.replace(" ", SPM_SPACE) if c.isprintable()})
+    trained = build_tokenizer(256 + MIN_SPECIALS + MAX_TRAINED_MERGES, use_llama3=False)
+    pairs = json.loads(trained.hf.to_str())["model"]["merges"]
+    merged = [text("".join(m.split(" ") if isinstance(m, str) else m)) for m in pairs]
+    seen: set[str] = set()
+    ordered = [w for w in [*chars, *merged] if w and not (w in seen or seen.add(w))]
+    ordered += [f"{SPM_SPACE}tok{i}" for i in range(max(0, n_words - len(ordered)))]
+    pieces += [(w, -float(i), SPM_NORMAL) for i, w in enumerate(ordered[:n_words])]
+    return SentencePieceTokenizer(pieces)

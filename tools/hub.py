@@ -8,6 +8,7 @@ safetensors files. Every hub failure becomes one of our errors with one sentence
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -141,6 +142,8 @@ def download(
 
     where = f"{repo_id}" + (f" at revision {revision}" if revision else "")
     kwargs: dict[str, Any] = {"allow_patterns": ALLOW_PATTERNS}
+    # huggingface_hub reads HF_ENDPOINT once, at import; a mirror set later still counts
+    endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
     if cache_dir is not None:
         kwargs["cache_dir"] = str(cache_dir)
     if endpoint is not None:

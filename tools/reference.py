@@ -1,4 +1,9 @@
-"""NumPy golden model of the BitNet b1.58 graph (W1.58A8), the spec every runtime is tested against.
+"""NumPy golden model of the ternary decoder graphs (W1.58A8), the spec runtimes are tested against.
+
+Three GGUF architectures share it (`HParams.from_gguf_kv` reads which): `bitnet-b1.58` /
+`bitnet-25` (below: ReLU², sub-norms, NEOX RoPE), upstream's `bitnet` (1bitLLM: the same with a
+SiLU-gated FFN) and `llama` (Llama3-8B-1.58, Falcon3, Falcon-E: SiLU, no sub-norms, NORM RoPE —
+adjacent pairs, on q/k rows the converter permuted — and an untied output.weight).
 
 The graph (ref: shared/spec/bitnet-formats.md §4.1, the fork's `build_bitnet_158`), per layer:
 
@@ -39,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from .constants import BITNET_B158_ARCHES, Keys
+from .constants import ARCH_BITNET, ARCH_LLAMA, TERNARY_ARCHES, Keys
 from .errors import CorruptFileError, ShapeError, UnsupportedArchitectureError, UsageError
 
 # ref: spec §2.4 — the activation quantizer's clamp and range (int8, symmetric 127).
@@ -78,6 +83,12 @@ class HParams:
     #: `rope.dimension_count`: how many leading dims of each head RoPE rotates (default: all).
     n_rot: int | None = None
     context_length: int = 4096
+    #: FFN gate activation: "relu2" (bitnet-b1.58) or "silu" (bitnet, llama).
+    ffn_act: str = "relu2"
+    #: attn_sub_norm / ffn_sub_norm present (BitNet graphs) or not (llama).
+    sub_norms: bool = True
+    #: "neox" (i ↔ i + n_rot/2, BitNet graphs) or "norm" (2i ↔ 2i+1, llama).
+    rope_mode: str = "neox"
 
     @property
     def head_dim(self) -> int:
@@ -114,10 +125,10 @@ class HParams:
     def from_gguf_kv(cls, kv: Mapping[str, Any], n_vocab: int | None = None) -> HParams:
         """Read the hyper-parameters of a GGUF's key-value section, keyed by its arch prefix."""
         arch = kv.get(Keys.ARCHITECTURE)
-        if arch not in BITNET_B158_ARCHES:
+        if arch not in TERNARY_ARCHES:
             raise UnsupportedArchitectureError(
-                f"The reference model runs BitNet b1.58 graphs only, not architecture {arch!r}.",
-                hint=f"supported architectures: {', '.join(BITNET_B158_ARCHES)}",
+                f"The reference model runs ternary decoder graphs only, not architecture {arch!r}.",
+                hint=f"supported architectures: {', '.join(TERNARY_ARCHES)}",
             )
 
         def get(key: str, cast: type, default: Any = _REQUIRED) -> Any:
@@ -144,6 +155,9 @@ class HParams:
             rope_theta=get(Keys.ROPE_FREQ_BASE, float, _DEFAULT_ROPE_THETA),
             n_rot=get(Keys.ROPE_DIMENSION_COUNT, int, None),
             context_length=get(Keys.CONTEXT_LENGTH, int, 4096),
+            ffn_act="silu" if arch in (ARCH_BITNET, ARCH_LLAMA) else "relu2",
+            sub_norms=arch != ARCH_LLAMA,
+            rope_mode="norm" if arch == ARCH_LLAMA else "neox",
         )
 
 
@@ -169,6 +183,8 @@ def tensor_shapes(hp: HParams, with_output: bool = False) -> dict[str, tuple[int
         "ffn_up": (hp.n_ff, hp.n_embd),
         "ffn_down": (hp.n_embd, hp.n_ff),
     }
+    if not hp.sub_norms:
+        del per_layer["attn_sub_norm"], per_layer["ffn_sub_norm"]
     for i in range(hp.n_layer):
         for short, shape in per_layer.items():
             shapes[f"blk.{i}.{short}.weight"] = shape
@@ -282,6 +298,22 @@ def rope_neox(x: np.ndarray, positions: np.ndarray, theta_base: float, n_rot: in
     return out
 
 
+def rope_norm(x: np.ndarray, positions: np.ndarray, theta_base: float, n_rot: int) -> np.ndarray:
+    """NORM (GPT-J / Llama in llama.cpp) rotary embedding: pair 2i ↔ 2i+1 for 2i < n_rot, angle
+    pos·base^(−2i/n_rot) (ref: ggml rope mode 0). Same precision choices as `rope_neox`."""
+    x = np.asarray(x, dtype=np.float32)
+    half = n_rot // 2
+    inv_freq = float(theta_base) ** (-2.0 * np.arange(half, dtype=np.float64) / n_rot)
+    angle = np.asarray(positions, dtype=np.float64)[:, None] * inv_freq[None, :]
+    cos = np.cos(angle).astype(np.float32)[:, None, :]
+    sin = np.sin(angle).astype(np.float32)[:, None, :]
+    x0, x1 = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
+    out = x.copy()
+    out[..., 0:n_rot:2] = x0 * cos - x1 * sin
+    out[..., 1:n_rot:2] = x0 * sin + x1 * cos
+    return out
+
+
 def kv_head_of(q_head: int, n_head: int, n_head_kv: int) -> int:
     """GQA: the kv head that query head `q_head` reads (ggml broadcast, HF `repeat_kv`)."""
     return q_head // (n_head // n_head_kv)
@@ -316,6 +348,15 @@ def relu_sqr(x: np.ndarray) -> np.ndarray:
     """ReLU² (HF hidden_act "relu2", ggml LLM_FFN_RELU_SQR)."""
     r = np.maximum(x, np.float32(0))
     return r * r
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    """SiLU x·σ(x) = x / (1 + e^−x) in float32 (HF hidden_act "silu", ggml LLM_FFN_SILU)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / (np.float32(1) + np.exp(-x))
+
+
+ACTIVATIONS = {"relu2": relu_sqr, "silu": silu}
 
 
 # --- the model ----------------------------------------------------------------------------------
@@ -458,8 +499,9 @@ class ReferenceModel:
             q = self._linear(h, b + "attn_q.weight").reshape(n_tok, hp.n_head, hd)
             k = self._linear(h, b + "attn_k.weight").reshape(n_tok, hp.n_head_kv, hd)
             v = self._linear(h, b + "attn_v.weight").reshape(n_tok, hp.n_head_kv, hd)
-            q = rope_neox(q, pos, hp.rope_theta, hp.rot_dims)
-            k = rope_neox(k, pos, hp.rope_theta, hp.rot_dims)
+            rope = rope_norm if hp.rope_mode == "norm" else rope_neox
+            q = rope(q, pos, hp.rope_theta, hp.rot_dims)
+            k = rope(k, pos, hp.rope_theta, hp.rot_dims)
             if len(cache.k) <= i:  # first chunk for this cache
                 cache.k.append(k)
                 cache.v.append(v)
@@ -467,15 +509,16 @@ class ReferenceModel:
                 cache.k[i] = np.concatenate([cache.k[i], k])
                 cache.v[i] = np.concatenate([cache.v[i], v])
             a = attention(q, cache.k[i], cache.v[i], pos, np.arange(cache.n_past + n_tok))
-            a = rms_norm(a, t[b + "attn_sub_norm.weight"], hp.rms_eps)
+            if hp.sub_norms:
+                a = rms_norm(a, t[b + "attn_sub_norm.weight"], hp.rms_eps)
             x = x + self._linear(a, b + "attn_output.weight")
 
-            # --- feed-forward block: ReLU²-gated, sub-norm before down ---
+            # --- feed-forward block: ReLU²- or SiLU-gated, sub-norm before down ---
             h = rms_norm(x, t[b + "ffn_norm.weight"], hp.rms_eps)
-            f = relu_sqr(self._linear(h, b + "ffn_gate.weight")) * self._linear(
-                h, b + "ffn_up.weight"
-            )
-            f = rms_norm(f, t[b + "ffn_sub_norm.weight"], hp.rms_eps)
+            act = ACTIVATIONS[hp.ffn_act]
+            f = act(self._linear(h, b + "ffn_gate.weight")) * self._linear(h, b + "ffn_up.weight")
+            if hp.sub_norms:
+                f = rms_norm(f, t[b + "ffn_sub_norm.weight"], hp.rms_eps)
             x = x + self._linear(f, b + "ffn_down.weight")
         cache.n_past += n_tok
 

@@ -102,21 +102,28 @@ class KernelTimer:
                 ctypes.c_void_p(w.ctypes.data), ctypes.c_float(0.5),
                 ctypes.c_void_p(lut.ctypes.data), lut.shape[1], ctypes.c_void_p(d.ctypes.data),
                 ctypes.c_void_p(y.ctypes.data), m)  # fmt: skip
-        call = self._mul_mat
-        # 1. warm-up (caches, page faults of the fresh arrays) and a single-call estimate
+        return time_call(self._mul_mat, args, self.warmup, self.repeats, self.min_sample_s)
+
+
+def time_call(
+    call: Callable[..., Any], args: tuple, warmup: int, repeats: int, min_sample_s: float
+) -> float:
+    """Median milliseconds of one `call(*args)`: warm-up, then `repeats` samples of enough calls
+    each for the clock's resolution."""
+    # 1. warm-up (caches, page faults of the fresh arrays) and a single-call estimate
+    t0 = time.perf_counter()
+    for _ in range(max(1, warmup)):
+        call(*args)
+    once = (time.perf_counter() - t0) / max(1, warmup)
+    # 2. samples of `inner` calls each, long enough for the clock; the median call time
+    inner = max(1, math.ceil(min_sample_s / max(once, 1e-9)))
+    samples = []
+    for _ in range(max(1, repeats)):
         t0 = time.perf_counter()
-        for _ in range(max(1, self.warmup)):
+        for _ in range(inner):
             call(*args)
-        once = (time.perf_counter() - t0) / max(1, self.warmup)
-        # 2. samples of `inner` calls each, long enough for the clock; the median call time
-        inner = max(1, math.ceil(self.min_sample_s / max(once, 1e-9)))
-        samples = []
-        for _ in range(self.repeats):
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                call(*args)
-            samples.append((time.perf_counter() - t0) / inner)
-        return statistics.median(samples) * 1e3
+        samples.append((time.perf_counter() - t0) / inner)
+    return statistics.median(samples) * 1e3
 
 
 # --- choosing -----------------------------------------------------------------------------------

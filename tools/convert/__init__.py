@@ -43,7 +43,11 @@ FILE_TYPES: dict[str, LlamaFileType] = {
 }
 
 #: Modules holding the built-in converters; imported on first use (they import this package).
-_BUILTIN_MODULES = ("bitnet_for_causal_lm",)
+_BUILTIN_MODULES = (
+    "bitnet_for_causal_lm",
+    "bitnet_for_causal_lm_1bitllm",
+    "llama_for_causal_lm",
+)
 _REGISTRY: dict[str, type[ArchConverter]] = {}
 
 
