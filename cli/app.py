@@ -6,7 +6,7 @@ import typer
 
 import bitnet
 
-from . import bench, codegen, convert, dummy, inspect, run
+from . import bench, codegen, convert, dummy, inspect, run, serve
 
 app = typer.Typer(
     name="bitnet",
@@ -42,6 +42,7 @@ app.command("dummy")(dummy.dummy)
 app.command("run")(run.run)
 app.command("bench")(bench.bench)
 app.command("codegen")(codegen.codegen)
+app.command("serve")(serve.serve)
 
 
 def main() -> None:
