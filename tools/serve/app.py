@@ -54,6 +54,7 @@ class Server(ThreadingHTTPServer):
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: Server
+    _raw: bytes = b""
     server_version = f"bitnet/{bitnet.__version__}"
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -104,8 +105,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
 
     def read_body(self) -> dict[str, Any]:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length > 0 else b""
+        raw = self._raw
         if not raw.strip():
             return {}
         try:
@@ -154,6 +154,17 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         path = self.path.split("?", 1)[0]
+        # Read the whole body first, whatever the answer: on a kept-alive connection, an unread
+        # body would be taken for the next request.
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True
+            self.send_error_json(HTTPError(411, "send the body with a Content-Length"))
+            return
+        self._raw = self.rfile.read(length) if length else b""
         routes = {
             ("GET", "/health"): self.get_health,
             ("GET", "/"): self.get_page,

@@ -48,6 +48,17 @@ class ServerOptions:
     load_timeout: float = 600.0
 
 
+def process_rss(pid: int) -> int:
+    """Resident bytes of process `pid` (Linux /proc), 0 when unknown."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def free_port() -> int:
     """A loopback port nothing listens on now (the child binds it a moment later)."""
     with socket.socket() as s:
@@ -81,14 +92,7 @@ class Backend:
             conn.close()
 
     def rss_bytes(self) -> int:
-        """Resident memory of the process (Linux), 0 when unknown."""
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return 0
+        return process_rss(self.proc.pid)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc.poll() is None:

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .backends import process_rss
+
 ROUTES = ("openai", "ollama")
 
 
@@ -229,19 +231,7 @@ def run_load(spec: LoadSpec) -> LoadReport:
 
 def tree_rss(pid: int) -> int:
     """Resident bytes of process `pid` and all its descendants (Linux /proc), 0 if unknown."""
-    total = 0
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, ValueError):
-            continue
-    return total
+    return process_rss(pid) + sum(tree_rss(c) for c in children(pid))
 
 
 def children(pid: int) -> list[int]:
@@ -250,6 +240,6 @@ def children(pid: int) -> list[int]:
     try:
         for task in Path(f"/proc/{pid}/task").iterdir():
             out += [int(c) for c in (task / "children").read_text().split()]
-    except OSError:
+    except (OSError, ValueError):
         pass
     return out
