@@ -8,8 +8,8 @@ and `bitnet serve` (which starts its own llama-server behind the Python layer). 
 
 1. overhead: one client, requests in turn (`--reps` rounds of direct OpenAI route, the same route
    through `bitnet serve`, and the Ollama route /api/chat through it), after one warm-up request
-   each: time to first token and decode tokens/s, medians and spread (min..max) per route, and the
-   ratio to llama-server alone;
+   each: time to first token and tokens/s (over the whole request), medians and spread
+   (min..max) per route, and the ratio to llama-server alone;
 2. load: `--clients` concurrent streaming clients × `--requests` each through `bitnet serve`
    (OpenAI route, greedy): requests/s, aggregate tokens/s, TTFT and latency p50/p95/p99, failed
    requests, and the resident memory of `bitnet serve` with its llama-server.
@@ -31,7 +31,7 @@ from pathlib import Path
 from bitnet.cli import _output as out
 from bitnet.tools.runtime import spawn
 from bitnet.tools.serve.backends import ServerOptions, free_port, server_command
-from bitnet.tools.serve.catalog import read_entry
+from bitnet.tools.serve.catalog import name_for, read_entry
 from bitnet.tools.serve.load import LoadSpec, run_load, stream_once, tree_rss
 
 
@@ -59,7 +59,8 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 
 def overhead(routes: dict[str, LoadSpec], reps: int) -> dict[str, dict]:
-    """TTFT (ms) and decode tokens/s of one request at a time on each route, interleaved."""
+    """TTFT (ms) and tokens/s (tokens over the whole request) of one request at a time on
+    each route, interleaved."""
     samples: dict[str, dict[str, list[float]]] = {k: {"ttft": [], "tps": []} for k in routes}
     for spec in routes.values():  # warm-up: load, caches, first-connection costs
         stream_once(spec)
@@ -68,9 +69,8 @@ def overhead(routes: dict[str, LoadSpec], reps: int) -> dict[str, dict]:
             r = stream_once(spec)
             if not r.ok:
                 raise SystemExit(f"{name}: {r.error}")
-            decode = r.latency - r.ttft
             samples[name]["ttft"].append(r.ttft * 1e3)
-            samples[name]["tps"].append((r.tokens - 1) / decode if decode > 0 else 0.0)
+            samples[name]["tps"].append(r.tokens / r.latency)
     return {k: {m: _spread(v) for m, v in s.items()} for k, s in samples.items()}
 
 
@@ -88,7 +88,7 @@ def main() -> None:
     args = ap.parse_args()
 
     opts = ServerOptions(threads=args.threads, ctx_size=args.ctx_size, parallel=args.parallel)
-    entry = read_entry(args.model, "bench:latest")
+    entry = read_entry(args.model, name_for(args.model))
     direct_port, serve_port = free_port(), free_port()
     direct = spawn(server_command(entry, direct_port, opts), stdout=subprocess.DEVNULL)
     serve_cmd = [sys.executable, "-m", "bitnet.cli.app", "serve", "-m", str(args.model)]
@@ -135,7 +135,7 @@ def main() -> None:
         ))  # fmt: skip
     title = (f"{args.model.name}, {args.threads} threads, one client, {args.reps} reps after a "
              f"warm-up, max_tokens {args.max_tokens}; {cpu}")  # fmt: skip
-    out.table(["route", "TTFT ms median (min..max)", "decode tok/s median (min..max)",
+    out.table(["route", "TTFT ms median (min..max)", "tok/s median (min..max)",
                "TTFT ratio", "tok/s ratio"], rows, title=title)  # fmt: skip
     lrows = [
         ("requests (failed)", f"{load['requests']} ({load['failed']})"),

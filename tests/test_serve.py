@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from native_helpers import binary as _binary
 
+from bitnet.tools.gguf import GGUFWriter
 from bitnet.tools.serve import catalog as C
 from bitnet.tools.serve import ollama as O
 from bitnet.tools.serve.load import LoadSpec, children, run_load, stream_once
@@ -168,7 +169,11 @@ def live(tmp_path_factory) -> Any:
     models = {"tiny:latest": _tiny_gguf(tmp / "tiny.gguf", 0)}
     models["tiny-b:latest"] = _tiny_gguf(tmp / "tiny-b.gguf", 1)
     (tmp / "broken.gguf").write_bytes(b"GGUF" + b"\0" * 60)
-    models["broken:latest"] = tmp / "broken.gguf"
+    models["broken:latest"] = tmp / "broken.gguf"  # our GGUF reader refuses it
+    alien = GGUFWriter(tmp / "alien.gguf")  # a GGUF llama-server refuses (unknown architecture)
+    alien.add_kv("general.architecture", "alien")
+    alien.write(lambda name: b"")
+    models["alien:latest"] = tmp / "alien.gguf"
     port = _free_port()
     args = ["--port", str(port), "--api-key", KEY, "-t", "2", "-c", str(CTX), "--parallel", "2"]
     for path in models.values():
@@ -177,14 +182,18 @@ def live(tmp_path_factory) -> Any:
     proc = subprocess.Popen(_serve_cmd(*args), stdout=log, stderr=log, text=True)
     server = Live(proc, port, models)
     deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, (tmp / "serve.log").read_text()
-        assert time.monotonic() < deadline, "bitnet serve did not start"
-        try:
-            if server.request("GET", "/health", key=None)[0] == 200:
-                break
-        except urllib.error.URLError:
-            time.sleep(0.1)
+    try:
+        while True:
+            assert proc.poll() is None, (tmp / "serve.log").read_text()
+            assert time.monotonic() < deadline, "bitnet serve did not start"
+            try:
+                if server.request("GET", "/health", key=None)[0] == 200:
+                    break
+            except urllib.error.URLError:
+                time.sleep(0.1)
+    except BaseException:
+        proc.kill()
+        raise
     yield server
     kids = children(proc.pid)
     proc.send_signal(signal.SIGTERM)
@@ -310,7 +319,8 @@ def test_ollama_client(live):
 @pytest.mark.native
 def test_bad_input_gets_the_right_status_and_message(live):
     status, obj, _ = live.request("POST", "/api/generate", {"model": "nope", "prompt": "x"})
-    assert status == 404 and "tiny:latest, tiny-b:latest, broken:latest" in obj["error"]
+    assert status == 404
+    assert "has: tiny:latest, tiny-b:latest, broken:latest, alien:latest" in obj["error"]
     status, obj, _ = live.request("POST", "/api/chat", raw=b"{not json")
     assert status == 400 and "not valid JSON" in obj["error"]
     status, obj, _ = live.request("POST", "/api/generate", {"model": "tiny", "prompt": 5})
@@ -339,6 +349,9 @@ def test_bad_input_gets_the_right_status_and_message(live):
     assert live.request("GET", "/health", key=None)[0] == 200
     status, obj, _ = live.request("POST", "/api/generate", {"model": "broken", "prompt": "x"})
     assert status == 500 and "broken:latest cannot be loaded" in obj["error"]
+    status, obj, _ = live.request("POST", "/api/chat", {"model": "alien", "messages": []})
+    assert status == 500 and "alien:latest failed to load" in obj["error"], obj
+    assert "alien" in obj["error"].split("failed to load", 1)[1]  # llama-server's own reason
     assert live.request("GET", "/api/version")[0] == 200  # still up
 
 

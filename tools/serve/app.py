@@ -53,6 +53,7 @@ class Server(ThreadingHTTPServer):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # streamed pieces are small: send each at once
     server: Server
     _raw: bytes = b""
     server_version = f"bitnet/{bitnet.__version__}"
@@ -194,6 +195,12 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error_json(HTTPError(503, str(exc)))
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client left; nothing to tell it
+        except (OSError, http.client.HTTPException) as exc:  # llama-server went away mid-request
+            self.close_connection = True
+            try:
+                self.send_error_json(HTTPError(502, f"llama-server failed: {exc}"))
+            except OSError:
+                pass
 
     # --- routes -----------------------------------------------------------------------------
 
@@ -317,8 +324,9 @@ class Handler(BaseHTTPRequestHandler):
                     return
                 self.start_stream("application/x-ndjson")
                 for kind, obj in _sse_events(resp):
-                    if kind == "error":
-                        raise _stream_error(obj)
+                    if kind == "error":  # after the headers: Ollama's error object, then the end
+                        self.chunk(json.dumps({"error": _message_of(obj)}).encode() + b"\n")
+                        break
                     if obj.get("stop"):
                         out = reply.final(obj, time.monotonic_ns(), obj.get("content", ""))
                     else:
@@ -379,10 +387,6 @@ def _upstream_error(status: int, raw: bytes) -> HTTPError:
     except json.JSONDecodeError:
         payload = raw.decode("utf-8", "replace")
     return HTTPError(status, _message_of(payload))
-
-
-def _stream_error(payload: Any) -> HTTPError:
-    return HTTPError(500, _message_of(payload))
 
 
 def _apply_template(backend: Backend, turns: list[dict[str, str]]) -> str:

@@ -8,6 +8,7 @@ loading is reported (an error for that model); the pool and the other models go 
 from __future__ import annotations
 
 import collections
+import collections.abc
 import http.client
 import json
 import socket
@@ -230,7 +231,7 @@ class Pool:
                 time.sleep(0.1)  # let the drain thread read the last lines
                 raise LoadError(
                     f"model {entry.name} failed to load (llama-server exit {code}): "
-                    f"{_explain(b.tail)}"
+                    f"{_load_reason(b.tail)}"
                 )
             if time.monotonic() > deadline or self._closed:
                 b.stop()
@@ -242,6 +243,15 @@ class Pool:
         props = b.get_json("/props") or {}
         b.n_ctx = int(props.get("default_generation_settings", {}).get("n_ctx", 0))
         return b
+
+
+def _load_reason(tail: collections.abc.Iterable[str]) -> str:
+    """llama.cpp's own reason for a failed load (its `error loading model: ...` line), else the
+    most telling line of its log."""
+    for line in tail:
+        if "error loading model:" in line:
+            return line.split("error loading model:", 1)[1].strip()
+    return _explain(tail)
 
 
 def _healthy(port: int) -> bool:
