@@ -16,7 +16,7 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -414,11 +414,10 @@ def serve(
     api_key: str | None = None,
     opts: ServerOptions | None = None,
     max_loaded: int = 1,
-    log: Any = None,
-    ready: threading.Event | None = None,
+    log: Callable[[str, str], None] | None = None,
 ) -> None:
     """Serve `models` until SIGINT/SIGTERM; `log(kind, message)` reports status lines."""
-    log = log or (lambda kind, msg: None)
+    log = log or (lambda kind, message: None)
     catalog = Catalog(models)
     for e in catalog.entries.values():
         if e.error:
@@ -446,8 +445,6 @@ def serve(
     bound = server.server_address
     log("info", f"bitnet serve: http://{bound[0]}:{bound[1]}/ serving {', '.join(catalog.names())}")
     threading.Thread(target=_preload, args=(pool, catalog, log), daemon=True).start()
-    if ready is not None:
-        ready.set()
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
@@ -458,7 +455,7 @@ def serve(
             signal.signal(s, h)
 
 
-def _preload(pool: Pool, catalog: Catalog, log: Any) -> None:
+def _preload(pool: Pool, catalog: Catalog, log: Callable[[str, str], None]) -> None:
     """Load the default model at start so the first request does not wait (errors are logged
     and reported again to the requests for that model)."""
     entry = catalog.entries[catalog.default]
