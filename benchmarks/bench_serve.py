@@ -1,15 +1,16 @@
-"""Load and overhead of `bitnet serve`, measured side by side with llama-server itself.
+"""Load and overhead of `bitnet serve`, measured against its own llama-server in the same run.
 
     .venv/bin/python benchmarks/bench_serve.py -m /tmp/tiny.gguf
     .venv/bin/python benchmarks/bench_serve.py -m /tmp/bn-2b4t.gguf -t 2 --clients 4 --requests 4
 
-One run starts two servers on loopback with the same llama-server options: llama-server alone,
-and `bitnet serve` (which starts its own llama-server behind the Python layer). Then:
+One run starts `bitnet serve` on loopback, which starts one llama-server for the model; the
+benchmark also talks to that llama-server directly (its private port, read from /proc), so both
+paths share one process, one KV cache and one moment of the machine. Then:
 
-1. overhead: one client, requests in turn (`--reps` rounds of direct OpenAI route, the same route
-   through `bitnet serve`, and the Ollama route /api/chat through it), after one warm-up request
-   each: time to first token and tokens/s (over the whole request), medians and spread
-   (min..max) per route, and the ratio to llama-server alone;
+1. overhead: one client, requests in turn (`--reps` rounds of: the OpenAI route on llama-server
+   directly, the same route through `bitnet serve`, the Ollama route /api/chat through it), after
+   one warm-up request each: time to first token and tokens/s (over the whole request), medians
+   and spread (min..max) per route, and the ratio to llama-server alone;
 2. load: `--clients` concurrent streaming clients × `--requests` each through `bitnet serve`
    (OpenAI route, greedy): requests/s, aggregate tokens/s, TTFT and latency p50/p95/p99, failed
    requests, and the resident memory of `bitnet serve` with its llama-server.
@@ -29,10 +30,9 @@ import urllib.request
 from pathlib import Path
 
 from bitnet.cli import _output as out
-from bitnet.tools.runtime import spawn
-from bitnet.tools.serve.backends import ServerOptions, free_port, server_command
+from bitnet.tools.serve.backends import free_port
 from bitnet.tools.serve.catalog import name_for, read_entry
-from bitnet.tools.serve.load import LoadSpec, run_load, stream_once, tree_rss
+from bitnet.tools.serve.load import LoadSpec, children, run_load, stream_once, tree_rss
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, what: str, timeout: float = 600) -> None:
@@ -87,19 +87,18 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON document")
     args = ap.parse_args()
 
-    opts = ServerOptions(threads=args.threads, ctx_size=args.ctx_size, parallel=args.parallel)
     entry = read_entry(args.model, name_for(args.model))
-    direct_port, serve_port = free_port(), free_port()
-    direct = spawn(server_command(entry, direct_port, opts), stdout=subprocess.DEVNULL)
+    serve_port = free_port()
     serve_cmd = [sys.executable, "-m", "bitnet.cli.app", "serve", "-m", str(args.model)]
     serve_cmd += ["--port", str(serve_port), "-t", str(args.threads), "-c", str(args.ctx_size)]
     serve_cmd += ["--parallel", str(args.parallel)]
     serve = subprocess.Popen(serve_cmd, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     try:
-        direct_url, serve_url = f"http://127.0.0.1:{direct_port}", f"http://127.0.0.1:{serve_port}"
-        _wait_healthy(direct_url, direct, "llama-server")
+        serve_url = f"http://127.0.0.1:{serve_port}"
         _wait_healthy(serve_url, serve, "bitnet serve")
         base = LoadSpec(url=serve_url, model=entry.name, max_tokens=args.max_tokens)
+        stream_once(base)  # loads the model: its llama-server is running after this
+        direct_url = f"http://127.0.0.1:{_child_port(serve.pid)}"
         routes = {
             "llama-server /v1/chat/completions": LoadSpec(**{**vars(base), "url": direct_url}),
             "bitnet serve /v1/chat/completions": base,
@@ -112,9 +111,8 @@ def main() -> None:
         report = run_load(spec)
         rss = tree_rss(serve.pid)
     finally:
-        for p in (serve, direct):
-            p.terminate()
-            p.wait(timeout=60)
+        serve.terminate()
+        serve.wait(timeout=60)
 
     cpu = _cpu_name()
     load = {**report.summary(), "rss_bytes": rss}
@@ -149,6 +147,18 @@ def main() -> None:
     out.table(["load", "value"], lrows, title=(
         f"{args.clients} clients x {args.requests} streaming requests, /v1/chat/completions via "
         f"bitnet serve, --parallel {args.parallel}, -c {args.ctx_size}"))  # fmt: skip
+
+
+def _child_port(pid: int) -> int:
+    """The --port of the llama-server that `bitnet serve` (process `pid`) started."""
+    for child in children(pid):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--port" in argv:
+            return int(argv[argv.index(b"--port") + 1])
+    raise SystemExit("bitnet serve has no llama-server child")
 
 
 def _cpu_name() -> str:
