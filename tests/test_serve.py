@@ -330,8 +330,10 @@ def test_bad_input_gets_the_right_status_and_message(live):
     )
     assert status == 400 and "'messages'" in obj["error"]["message"]
     long = "word " * 2000  # well past one slot's 512 tokens
-    status, obj, _ = live.request("POST", "/api/generate", {"model": "tiny", "prompt": long})
-    assert status == 400 and "512" in obj["error"], obj
+    for stream in (True, False):  # refused before any piece is sent, streamed or not
+        body = {"model": "tiny", "prompt": long, "stream": stream}
+        status, obj, _ = live.request("POST", "/api/generate", body)
+        assert status == 400 and "context size (512 tokens)" in obj["error"], obj
     status, obj, _ = live.request(
         "POST", "/v1/completions", {"model": "tiny", "prompt": long, "max_tokens": 2}
     )
