@@ -33,9 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from bitnet.cli import _output as out
-from bitnet.tools import bench as B
 from bitnet.tools import dummy as D
 from bitnet.tools.bandwidth import available_memory
+from bitnet.tools.bench.options import BenchOptions, ModelSpec, parse_int_list, parse_names
+from bitnet.tools.bench.report import require_matplotlib
+from bitnet.tools.bench.run import run_bench
 from bitnet.tools.build import default_cache
 from bitnet.tools.errors import BitnetError
 
@@ -82,7 +84,7 @@ def save_results(path: Path, results: dict[str, Any]) -> None:
 # --- one piece: a size ------------------------------------------------------------------------
 
 
-def run_size(size: str, types: list[str], opts: B.BenchOptions, a: argparse.Namespace,
+def run_size(size: str, types: list[str], opts: BenchOptions, a: argparse.Namespace,
              models: Path, results: dict[str, Any], results_path: Path,
              checkpoints: dict[str, Path]) -> None:  # fmt: skip
     """Make the checkpoint of `size`, convert it to each type and bench it; save as we go."""
@@ -122,7 +124,7 @@ def run_size(size: str, types: list[str], opts: B.BenchOptions, a: argparse.Name
                     with out.progress(f"converting {size} to {t}") as bar:
                         convert_checkpoint(ckpt, gguf, t, progress=bar, name=f"{size}-{t}")
                 with out.progress(f"bench {key}") as bar:
-                    entry["report"] = B.run_bench([B.ModelSpec(gguf, name=key)], opts, bar)
+                    entry["report"] = run_bench([ModelSpec(gguf, name=key)], opts, bar)
             except BitnetError as exc:
                 entry["skipped"] = str(exc)
                 out.warn(f"{key}: {exc}")
@@ -253,7 +255,7 @@ def _ts(r: dict[str, Any]) -> str:
 def plot(results: dict[str, Any], path: Path) -> None:
     """tokens/s (pp, tg) and J/token against parameter count, one line per type, one column
     per thread count."""
-    plt = B.require_matplotlib()
+    plt = require_matplotlib()
     cells = _cells(results)
     sizes, types, threads = _order(results)
     any_rep = next(e["report"] for e in results.values() if e.get("report"))
@@ -311,12 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     results = load_results(results_path)
     try:
         if not a.no_plot:
-            B.require_matplotlib()  # before hours of measuring, not after
+            require_matplotlib()  # before hours of measuring, not after
         if not a.report_only:
-            opts = B.BenchOptions(
-                n_prompt=B.parse_int_list(a.n_prompt, "-p"),
-                n_gen=B.parse_int_list(a.n_gen, "-n"),
-                threads=B.parse_int_list(a.threads, "-t"),
+            opts = BenchOptions(
+                n_prompt=parse_int_list(a.n_prompt, "-p"),
+                n_gen=parse_int_list(a.n_gen, "-n"),
+                threads=parse_int_list(a.threads, "-t"),
                 repetitions=a.repetitions,
             )
             opts.check()
@@ -324,11 +326,11 @@ def main(argv: list[str] | None = None) -> int:
             for item in a.checkpoint:
                 size, _, folder = item.partition("=")
                 checkpoints[size.lower()] = Path(folder)
-            for size in B.parse_names(a.sizes):
+            for size in parse_names(a.sizes):
                 preset = {k.lower(): k for k in D.PRESETS}.get(size)
                 if preset is None:
                     raise BitnetError(f"unknown size {size!r}; presets: {', '.join(D.PRESETS)}")
-                run_size(preset, B.parse_names(a.types), opts, a, models, results,
+                run_size(preset, parse_names(a.types), opts, a, models, results,
                          results_path, checkpoints)  # fmt: skip
     except BitnetError as exc:
         out.error(str(exc), exc.hint)

@@ -12,28 +12,34 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
 
 _width = int(os.environ["BITNET_COLUMNS"]) if os.environ.get("BITNET_COLUMNS") else None
-stdout = Console(file=sys.stdout, highlight=False, soft_wrap=True, width=_width)
-stderr = Console(file=sys.stderr, highlight=False, soft_wrap=True, width=_width)
+_consoles: dict[str, Console] = {}
 
 #: progress(done, total, description) — what library code receives instead of drawing itself.
 ProgressFn = Callable[[int, int, str], None]
 
 
-def _refresh_streams() -> None:
+def _console(name: Literal["stdout", "stderr"]) -> Console:
+    """The Rich console on sys.stdout or sys.stderr, made on first use: plain output (data,
+    JSON, `--version`) never imports Rich, which costs a CLI start-up tens of milliseconds."""
+    from rich.console import Console
+
+    console = _consoles.get(name)
+    if console is None:
+        console = Console(highlight=False, soft_wrap=True, width=_width)
+        _consoles[name] = console
     # Typer's test runner swaps sys.stdout/sys.stderr per invocation; follow it.
-    stdout.file = sys.stdout
-    stderr.file = sys.stderr
+    console.file = getattr(sys, name)
+    return console
 
 
 def data(text: str) -> None:
     """Write a line of data to stdout, verbatim."""
-    _refresh_streams()
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
@@ -51,7 +57,7 @@ def emit_json(obj: Any) -> None:
 
 def info(message: str) -> None:
     """A progress or status line, to stderr."""
-    _refresh_streams()
+    stderr = _console("stderr")
     if stderr.is_terminal:
         stderr.print(message)
     else:
@@ -59,7 +65,7 @@ def info(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    _refresh_streams()
+    stderr = _console("stderr")
     if stderr.is_terminal:
         stderr.print(f"[yellow]warning:[/yellow] {message}")
     else:
@@ -68,7 +74,7 @@ def warn(message: str) -> None:
 
 def error(message: str, hint: str | None = None) -> None:
     """The one error line (and an optional hint line), to stderr."""
-    _refresh_streams()
+    stderr = _console("stderr")
     if stderr.is_terminal:
         stderr.print(f"[bold red]error:[/bold red] {message}")
         if hint:
@@ -81,8 +87,10 @@ def error(message: str, hint: str | None = None) -> None:
 
 def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> None:
     """A table of data to stdout: Rich on a terminal, tab-separated text otherwise."""
-    _refresh_streams()
+    stdout = _console("stdout")
     if stdout.is_terminal:
+        from rich.table import Table
+
         t = Table(title=title)
         for c in columns:
             t.add_column(c, overflow="fold")
@@ -101,7 +109,7 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | No
 @contextlib.contextmanager
 def progress(description: str) -> Iterator[ProgressFn]:
     """Yield a progress callback; draws a bar on a terminal, stays silent otherwise."""
-    _refresh_streams()
+    stderr = _console("stderr")
     if not stderr.is_terminal:
         yield lambda done, total, desc="": None
         return

@@ -8,8 +8,24 @@ from typing import Annotated
 
 import typer
 
-from bitnet.tools import bench as B
 from bitnet.tools import energy as E
+from bitnet.tools.bench.compare import COMPARE_TYPES, prepare_compare
+from bitnet.tools.bench.options import (
+    BenchOptions,
+    ModelSpec,
+    model_info,
+    parse_int_list,
+    parse_names,
+)
+from bitnet.tools.bench.report import (
+    check_outputs,
+    require_matplotlib,
+    summary_lines,
+    table_rows,
+    write_csv,
+    write_plot,
+)
+from bitnet.tools.bench.run import failure_error, run_bench
 from bitnet.tools.errors import UsageError
 
 from . import _output as out
@@ -25,23 +41,34 @@ def _default_threads() -> str:
 def bench(
     models: Annotated[
         list[Path] | None,
-        typer.Option("-m", "--model", help="GGUF model to benchmark (repeat for several)."),
+        typer.Option(
+            "-m", "--model", metavar="FILE", help="GGUF model to benchmark (repeat for several)."
+        ),
     ] = None,
     n_prompt: Annotated[
-        str, typer.Option("-p", "--n-prompt", help="Prompt lengths, e.g. 128,512 (0: none).")
+        str,
+        typer.Option(
+            "-p", "--n-prompt", metavar="N,...", help="Prompt lengths, e.g. 128,512 (0: none)."
+        ),
     ] = "128",
     n_gen: Annotated[
-        str, typer.Option("-n", "--n-gen", help="Generated tokens, e.g. 64 (0: none).")
+        str,
+        typer.Option("-n", "--n-gen", metavar="N,...", help="Generated tokens, e.g. 64 (0: none)."),
     ] = "64",
     threads: Annotated[
-        str, typer.Option("-t", "--threads", help="Thread counts, e.g. 1,2.")
+        str, typer.Option("-t", "--threads", metavar="N,...", help="Thread counts, e.g. 1,2.")
     ] = _default_threads(),
     repetitions: Annotated[
-        int, typer.Option("-r", "--repetitions", help="Timed repetitions per test.")
+        int, typer.Option("-r", "--repetitions", metavar="N", help="Timed repetitions per test.")
     ] = 5,
     depth: Annotated[
         str,
-        typer.Option("-d", "--depth", help="Context already filled before each test, e.g. 0,512."),
+        typer.Option(
+            "-d",
+            "--depth",
+            metavar="N,...",
+            help="Context already filled before each test, e.g. 0,512.",
+        ),
     ] = "0",
     warmup: Annotated[
         bool, typer.Option("--warmup/--no-warmup", help="One untimed run before each test.")
@@ -49,28 +76,42 @@ def bench(
     compare: Annotated[
         Path | None,
         typer.Option(
-            "--compare", help="HF checkpoint folder: convert it to --types and bench them all."
+            "--compare",
+            metavar="DIR",
+            help="HF checkpoint folder: convert it to --types and bench them all.",
         ),
     ] = None,
     types: Annotated[
-        str, typer.Option("--types", help="Types for --compare (comma-separated).")
-    ] = ",".join(B.COMPARE_TYPES),
+        str,
+        typer.Option("--types", metavar="TYPE,...", help="Types for --compare (comma-separated)."),
+    ] = ",".join(COMPARE_TYPES),
     baseline: Annotated[
         str | None,
         typer.Option(
-            "--baseline", help="Type or model name the ratios are against (--compare: f16)."
+            "--baseline",
+            metavar="NAME",
+            help="Type or model name the ratios are against (--compare: f16).",
         ),
     ] = None,
     energy: Annotated[
         str,
-        typer.Option("--energy", help="auto (RAPL if readable, else estimate), rapl or estimate."),
+        typer.Option(
+            "--energy",
+            metavar="MODE",
+            help="auto (RAPL if readable, else estimate), rapl or estimate.",
+        ),
     ] = "auto",
     cpu_watts: Annotated[
         float,
-        typer.Option("--cpu-watts", help="Estimate: watts per busy core (see docs/bench.md)."),
+        typer.Option(
+            "--cpu-watts", metavar="W", help="Estimate: watts per busy core (see docs/bench.md)."
+        ),
     ] = E.DEFAULT_CPU_WATTS,
     dram_pj: Annotated[
-        float, typer.Option("--dram-pj-per-byte", help="Estimate: DRAM energy per byte moved, pJ.")
+        float,
+        typer.Option(
+            "--dram-pj-per-byte", metavar="PJ", help="Estimate: DRAM energy per byte moved, pJ."
+        ),
     ] = E.DEFAULT_DRAM_PJ_PER_BYTE,
     probe: Annotated[
         bool,
@@ -82,26 +123,33 @@ def bench(
         bool, typer.Option("--json", help="Print the report as JSON (schema: docs/bench.md).")
     ] = False,
     csv_path: Annotated[
-        Path | None, typer.Option("--csv", help="Also write the results as CSV.")
+        Path | None, typer.Option("--csv", metavar="FILE", help="Also write the results as CSV.")
     ] = None,
     plot_path: Annotated[
         Path | None,
-        typer.Option("--plot", help="Also draw tokens/s and J/token to a PNG (needs matplotlib)."),
+        typer.Option(
+            "--plot",
+            metavar="FILE.png",
+            help="Also draw tokens/s and J/token to a PNG (needs matplotlib).",
+        ),
     ] = None,
     force: Annotated[
         bool,
         typer.Option("--force", help="Overwrite existing --csv/--plot files; reconvert --compare."),
     ] = False,
 ) -> None:
-    """Benchmark prompt processing (pp) and generation (tg): tokens/s with spread, peak RSS,
-    file size, bits per weight, J/token (measured with RAPL, else a labelled estimate) and
-    generation as a percentage of the memory-bandwidth bound."""
-    opts = B.BenchOptions(
-        n_prompt=B.parse_int_list(n_prompt, "-p"),
-        n_gen=B.parse_int_list(n_gen, "-n"),
-        threads=B.parse_int_list(threads, "-t"),
+    """Benchmark the speed, memory and energy of GGUF models.
+
+    Prompt processing (pp) and generation (tg): tokens/s with spread, peak RSS, file size,
+    bits per weight, J/token (measured with RAPL, else a labelled estimate) and generation as
+    a percentage of the memory-bandwidth bound.
+    """
+    opts = BenchOptions(
+        n_prompt=parse_int_list(n_prompt, "-p"),
+        n_gen=parse_int_list(n_gen, "-n"),
+        threads=parse_int_list(threads, "-t"),
         repetitions=repetitions,
-        depth=B.parse_int_list(depth, "--depth"),
+        depth=parse_int_list(depth, "--depth"),
         warmup=warmup,
         energy=energy.lower(),
         cpu_watts=cpu_watts,
@@ -110,17 +158,15 @@ def bench(
     )
     opts.check()
     if plot_path is not None:
-        B.require_matplotlib()
-    B.check_outputs([csv_path, plot_path], force)
-    specs = [B.ModelSpec(Path(m)) for m in models or []]
+        require_matplotlib()
+    check_outputs([csv_path, plot_path], force)
+    specs = [ModelSpec(Path(m)) for m in models or []]
     for s in specs:  # fail on a missing file before converting or measuring anything
-        B.model_info(s)
+        model_info(s)
     skipped: list[dict[str, str]] = []
     if compare is not None:
         with out.progress(f"converting {compare.name}") as bar:
-            more, skipped = B.prepare_compare(
-                compare, B.parse_names(types), force=force, progress=bar
-            )
+            more, skipped = prepare_compare(compare, parse_names(types), force=force, progress=bar)
         specs += more
         if baseline is None and any(s.name == "f16" for s in more):
             baseline = "f16"
@@ -130,21 +176,21 @@ def bench(
         raise UsageError("no model to benchmark.", hint="pass -m MODEL.gguf or --compare DIR")
 
     with out.progress("benchmarking") as bar:
-        report = B.run_bench(specs, opts, progress=bar, skipped=skipped, baseline=baseline)
+        report = run_bench(specs, opts, progress=bar, skipped=skipped, baseline=baseline)
 
     if json_out:
         out.emit_json(report)
     else:
-        cols, rows = B.table_rows(report)
+        cols, rows = table_rows(report)
         out.table(cols, rows, title=f"bitnet bench — {report['host']['cpu']}")
-        for line in B.summary_lines(report):
+        for line in summary_lines(report):
             out.info(line)
     for note in report["notes"]:
         out.warn(note)
     if csv_path is not None:
-        out.info(f"wrote {B.write_csv(report, csv_path, force)}")
+        out.info(f"wrote {write_csv(report, csv_path, force)}")
     if plot_path is not None:
-        out.info(f"wrote {B.write_plot(report, plot_path, force)}")
-    err = B.failure_error(report)
+        out.info(f"wrote {write_plot(report, plot_path, force)}")
+    err = failure_error(report)
     if err is not None:
         raise err

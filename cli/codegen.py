@@ -20,13 +20,20 @@ from ._errors import handle_errors
 def codegen(
     models: Annotated[
         list[Path] | None,
-        typer.Argument(help="GGUF files or HF checkpoint folders whose ternary shapes to serve."),
+        typer.Argument(
+            metavar="MODEL",
+            help="GGUF files or HF checkpoint folders whose ternary shapes to serve.",
+        ),
     ] = None,
     output: Annotated[
         Path | None,
-        typer.Option("-o", "--output", help="Header to write (default: the committed one)."),
+        typer.Option(
+            "-o", "--output", metavar="FILE", help="Header to write (default: the committed one)."
+        ),
     ] = None,
-    types: Annotated[str, typer.Option("--types", help="Comma-separated: tl1, tl2.")] = "tl1,tl2",
+    types: Annotated[
+        str, typer.Option("--types", metavar="TYPE,...", help="Comma-separated: tl1, tl2.")
+    ] = "tl1,tl2",
     known: Annotated[
         bool | None,
         typer.Option(
@@ -44,12 +51,18 @@ def codegen(
         ),
     ] = False,
     repeats: Annotated[
-        int, typer.Option("--repeats", min=1, help="--tune: timed samples per tiling (median).")
+        int,
+        typer.Option(
+            "--repeats", min=1, metavar="N", help="--tune: timed samples per tiling (median)."
+        ),
     ] = 7,
     threads: Annotated[
         int | None,
         typer.Option(
-            "--threads", min=1, help="--tune: threads the model runs with (default: all cores)."
+            "--threads",
+            min=1,
+            metavar="N",
+            help="--tune: threads the model runs with (default: all cores).",
         ),
     ] = None,
     dry_run: Annotated[
@@ -60,7 +73,10 @@ def codegen(
     ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False,
 ) -> None:
-    """Choose TL1/TL2 tiles for every ternary weight shape of MODELS and write the kernel table."""
+    """Choose TL1/TL2 tiles and write the kernel table.
+
+    Every ternary weight shape of MODELS gets its tiles (and, with --tune, the fastest ones).
+    """
     type_list = [t.strip().lower() for t in types.split(",") if t.strip()]
     models = models or []
     if tune:

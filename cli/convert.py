@@ -37,23 +37,34 @@ def _print_plan(plan: ConvertPlan) -> None:
 
 @handle_errors
 def convert(
-    src: Annotated[str, typer.Argument(help="Checkpoint folder, or a Hugging Face repo id.")],
+    src: Annotated[
+        str, typer.Argument(metavar="SRC", help="Checkpoint folder, or a Hugging Face repo id.")
+    ],
     output: Annotated[
         Path | None,
-        typer.Option("-o", "--output", help="Output .gguf (default: <name>-<outtype>.gguf here)."),
+        typer.Option(
+            "-o",
+            "--output",
+            metavar="FILE",
+            help="Output .gguf (default: <name>-<outtype>.gguf here).",
+        ),
     ] = None,
     outtype: Annotated[
-        str, typer.Option(help=f"Type of the ternary linears: {', '.join(OUTTYPES)}.")
+        str,
+        typer.Option(metavar="TYPE", help=f"Type of the ternary linears: {', '.join(OUTTYPES)}."),
     ] = "i2_s",
     embedding_type: Annotated[
         str | None,
         typer.Option(
+            metavar="TYPE",
             help=f"Type of token_embd: {', '.join(EMBEDDING_TYPES)} "
             "(default f16; f32 with --outtype f32).",
             show_default=False,
         ),
     ] = None,
-    revision: Annotated[str | None, typer.Option(help="Hub revision (for repo ids).")] = None,
+    revision: Annotated[
+        str | None, typer.Option(metavar="REV", help="Hub revision (for repo ids).")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
     dry_run: Annotated[
         bool,
@@ -76,7 +87,10 @@ def convert(
         ),
     ] = False,
 ) -> None:
-    """Convert a BitNet b1.58 checkpoint to GGUF (I2_S by default), streaming tensor by tensor."""
+    """Convert a BitNet b1.58 checkpoint to GGUF.
+
+    I2_S by default; tensors are read, packed and written one at a time.
+    """
     from bitnet.tools import hub
 
     tiles = _tuned_tiles(outtype) if tuned else None

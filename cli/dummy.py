@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -16,24 +16,36 @@ from ._errors import handle_errors
 _PRESET_HELP = f"Shape: {', '.join(dummy_lib.preset_names())}."
 
 
+def _override(what: str) -> Any:
+    """A `--NAME N` option that overrides one number of the preset's shape."""
+    return typer.Option(metavar="N", help=f"Override {what}.")
+
+
 @handle_errors
 def dummy(
     output: Annotated[
         Path | None,
-        typer.Option("-o", "--output", help="Folder to write (config, weights, tokenizer)."),
+        typer.Option(
+            "-o", "--output", metavar="DIR", help="Folder to write (config, weights, tokenizer)."
+        ),
     ] = None,
-    preset: Annotated[str, typer.Option(help=_PRESET_HELP)] = "tiny",
+    preset: Annotated[str, typer.Option(metavar="NAME", help=_PRESET_HELP)] = "tiny",
     layout: Annotated[
-        str, typer.Option(help="packed (uint8 + weight_scale, like 2B-4T) or bf16 (masters).")
+        str,
+        typer.Option(
+            metavar="NAME", help="packed (uint8 + weight_scale, like 2B-4T) or bf16 (masters)."
+        ),
     ] = "packed",
-    seed: Annotated[int, typer.Option(min=0, help="Random seed; same seed, same bytes.")] = 0,
-    hidden: Annotated[int | None, typer.Option(help="Override the hidden size.")] = None,
-    layers: Annotated[int | None, typer.Option(help="Override the number of layers.")] = None,
-    heads: Annotated[int | None, typer.Option(help="Override the attention heads.")] = None,
-    kv_heads: Annotated[int | None, typer.Option(help="Override the key/value heads.")] = None,
-    ffn: Annotated[int | None, typer.Option(help="Override the FFN (intermediate) size.")] = None,
-    vocab: Annotated[int | None, typer.Option(help="Override the vocabulary size.")] = None,
-    ctx: Annotated[int | None, typer.Option(help="Override max_position_embeddings.")] = None,
+    seed: Annotated[
+        int, typer.Option(min=0, metavar="N", help="Random seed; same seed, same bytes.")
+    ] = 0,
+    hidden: Annotated[int | None, _override("the hidden size")] = None,
+    layers: Annotated[int | None, _override("the number of layers")] = None,
+    heads: Annotated[int | None, _override("the attention heads")] = None,
+    kv_heads: Annotated[int | None, _override("the key/value heads")] = None,
+    ffn: Annotated[int | None, _override("the FFN (intermediate) size")] = None,
+    vocab: Annotated[int | None, _override("the vocabulary size")] = None,
+    ctx: Annotated[int | None, _override("max_position_embeddings")] = None,
     untied: Annotated[
         bool, typer.Option("--untied", help="Write a separate lm_head.weight.")
     ] = False,
@@ -47,7 +59,10 @@ def dummy(
         bool, typer.Option("--json", help="Print the plan (and result) as JSON.")
     ] = False,
 ) -> None:
-    """Make a random BitNet b1.58 checkpoint from a seed (tests, benchmarks, no download)."""
+    """Make a random BitNet b1.58 checkpoint from a seed.
+
+    For tests and benchmarks: real shapes, random ternary weights, no download.
+    """
     overrides = {
         "hidden": hidden,
         "layers": layers,

@@ -19,13 +19,16 @@ def _special(entry: dict | None) -> str:
 
 @handle_errors
 def inspect(
-    path: Annotated[Path, typer.Argument(help="A .gguf model file.")],
+    path: Annotated[Path, typer.Argument(metavar="FILE", help="A .gguf model file.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     tensors: Annotated[
         bool, typer.Option("--tensors/--no-tensors", help="List every tensor.")
     ] = True,
 ) -> None:
-    """Show a GGUF file's architecture, hyper-parameters, tokenizer, tensors and bits per weight."""
+    """Show what a GGUF file holds.
+
+    Architecture, hyper-parameters, tokenizer, tensors and bits per weight.
+    """
     summary = describe(read_gguf(path))
     if not tensors:
         summary.pop("tensors")

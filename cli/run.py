@@ -14,22 +14,35 @@ from ._errors import handle_errors
 
 @handle_errors
 def run(
-    model: Annotated[Path, typer.Option("-m", "--model", help="GGUF model file.")],
+    model: Annotated[Path, typer.Option("-m", "--model", metavar="FILE", help="GGUF model file.")],
     prompt: Annotated[
-        str, typer.Option("-p", "--prompt", help="Prompt text (the user turn with --chat).")
+        str,
+        typer.Option(
+            "-p", "--prompt", metavar="TEXT", help="Prompt text (the user turn with --chat)."
+        ),
     ],
-    n_predict: Annotated[int, typer.Option("-n", "--n-predict", help="Tokens to generate.")] = 128,
-    threads: Annotated[int | None, typer.Option("-t", "--threads", help="CPU threads.")] = None,
-    ctx_size: Annotated[int, typer.Option("-c", "--ctx-size", help="Context in tokens.")] = 2048,
-    temp: Annotated[float, typer.Option("--temp", help="Temperature; 0 = greedy.")] = 0.8,
-    top_k: Annotated[int, typer.Option("--top-k", help="Top-k sampling.")] = 40,
-    top_p: Annotated[float, typer.Option("--top-p", help="Top-p sampling.")] = 0.95,
-    seed: Annotated[int, typer.Option("--seed", help="Sampling seed (-1 = random).")] = -1,
+    n_predict: Annotated[
+        int, typer.Option("-n", "--n-predict", metavar="N", help="Tokens to generate.")
+    ] = 128,
+    threads: Annotated[
+        int | None, typer.Option("-t", "--threads", metavar="N", help="CPU threads.")
+    ] = None,
+    ctx_size: Annotated[
+        int, typer.Option("-c", "--ctx-size", metavar="N", help="Context in tokens.")
+    ] = 2048,
+    temp: Annotated[
+        float, typer.Option("--temp", metavar="T", help="Temperature; 0 = greedy.")
+    ] = 0.8,
+    top_k: Annotated[int, typer.Option("--top-k", metavar="K", help="Top-k sampling.")] = 40,
+    top_p: Annotated[float, typer.Option("--top-p", metavar="P", help="Top-p sampling.")] = 0.95,
+    seed: Annotated[
+        int, typer.Option("--seed", metavar="N", help="Sampling seed (-1 = random).")
+    ] = -1,
     chat: Annotated[
         bool, typer.Option("--chat", help="Wrap the prompt in the model's chat template.")
     ] = False,
     system: Annotated[
-        str | None, typer.Option("--system", help="System message (with --chat).")
+        str | None, typer.Option("--system", metavar="TEXT", help="System message (with --chat).")
     ] = None,
     display_prompt: Annotated[
         bool,
@@ -39,10 +52,17 @@ def run(
     ] = True,
     extra: Annotated[
         list[str] | None,
-        typer.Argument(help="Anything after `--` goes to llama.cpp unchanged.", show_default=False),
+        typer.Argument(
+            metavar="ARGS",
+            help="Anything after `--` goes to llama.cpp unchanged.",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
-    """Generate text: tokens stream to stdout as they are produced; stops at end of turn."""
+    """Generate text from a prompt with a GGUF model.
+
+    Tokens stream to stdout as they are produced; generation stops at the end of the turn.
+    """
     opts = runtime.GenerationOptions(
         n_predict=n_predict,
         threads=threads,

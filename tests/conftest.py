@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-import pytest
+#: The checkout. Its top-level folders are the `bitnet.*` packages (mapped by pyproject.toml);
+#: under their bare names (`kernels`, `tools`, `cli`) they would shadow PyPI packages of those
+#: names (transformers imports `kernels`). `python -m pytest` puts the working directory first on
+#: sys.path, so it is taken off here, before any test imports a third-party package.
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or os.getcwd()).resolve() != ROOT]
 
-from bitnet.tools.dummy import make_dummy
+import pytest  # noqa: E402
+
+from bitnet.tools.dummy import make_dummy  # noqa: E402
 
 # Tests run llama.cpp binaries directly: an abort must end the process, never fork a debugger to
 # print a backtrace (which can hang when several threads abort at once).

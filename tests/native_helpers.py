@@ -17,3 +17,16 @@ def binary(name: str) -> Path:
         return B.find_binary(name)
     except BuildError:
         pytest.skip(f"no llama.cpp build with {name}: run python setup_env.py")
+
+
+def api_available() -> None:
+    """Skip the calling test, with the reason, unless the Python API can load (our build's
+    libllama.so and the bindings, both installed by setup_env.py)."""
+    from bitnet.tools import bindings
+
+    try:
+        bindings.library_dir()
+    except BuildError:
+        pytest.skip("no llama.cpp build with libllama.so: run python setup_env.py")
+    if bindings.installed_version() is None:
+        pytest.skip("the Python bindings (llama_cpp) are not installed: run python setup_env.py")

@@ -13,12 +13,12 @@ import stat
 import sys
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from bitnet.cli.app import app
-from bitnet.tools import bench as B
 from bitnet.tools import energy as E
 from bitnet.tools.bandwidth import (
     Bandwidth,
@@ -27,6 +27,11 @@ from bitnet.tools.bandwidth import (
     measure_read_bandwidth,
     probe_buffer_bytes,
 )
+from bitnet.tools.bench import compare, llama_bench, options, stats
+from bitnet.tools.bench import report as bench_report
+from bitnet.tools.bench import run as bench_run
+from bitnet.tools.bench.options import BenchOptions, ModelSpec
+from bitnet.tools.bench.run import run_bench
 from bitnet.tools.constants import GGMLType, GGUFValueType
 from bitnet.tools.errors import BuildError, InputNotFoundError, UsageError
 from bitnet.tools.gguf import GGUFReader, GGUFWriter
@@ -88,15 +93,15 @@ def test_bytes_per_token_and_bound_arithmetic(tmp_path: Path) -> None:
 
 
 def test_bound_percent_is_tg_over_bandwidth_bound(tmp_path: Path) -> None:
-    info = B.model_info(B.ModelSpec(_gguf(tmp_path / "m.gguf")))
+    info = options.model_info(ModelSpec(_gguf(tmp_path / "m.gguf")))
     bw = Bandwidth(1, 1e9, 1 << 28, 3, None)
     per_token = info.traffic.decode_bytes_per_token(0, 8)
     rec = {"n_prompt": 0, "n_gen": 8, "n_depth": 0}
-    bound = B.test_bound(rec, info, bw, mean_ts=100.0)
+    bound = stats.test_bound(rec, info, bw, mean_ts=100.0)
     assert bound["tokens_per_second"] == pytest.approx(1e9 / per_token)
     assert bound["percent"] == pytest.approx(100 * 100.0 / (1e9 / per_token))
-    assert B.test_bound({"n_prompt": 16, "n_gen": 0}, info, bw, 1.0) is None
-    assert B.test_bound(rec, info, None, 1.0)["percent"] is None
+    assert stats.test_bound({"n_prompt": 16, "n_gen": 0}, info, bw, 1.0) is None
+    assert stats.test_bound(rec, info, None, 1.0)["percent"] is None
 
 
 def test_probe_buffer_size_rules() -> None:
@@ -115,41 +120,41 @@ def test_bandwidth_probe_runs_with_threads() -> None:
 
 
 def test_parse_recorded_jsonl_and_json_array() -> None:
-    recs = B.parse_llama_bench_output(RECORDS)
+    recs = llama_bench.parse_llama_bench_output(RECORDS)
     assert [(r["n_prompt"], r["n_gen"], r["n_depth"]) for r in recs] == [
         (16, 0, 0), (0, 8, 0), (16, 0, 32), (0, 8, 32)
     ]  # fmt: skip
     assert all(len(r["samples_ts"]) == 2 and len(r["samples_ns"]) == 2 for r in recs)
-    assert B.parse_llama_bench_output(json.dumps(recs)) == recs
-    assert B.parse_llama_bench_output("") == []
+    assert llama_bench.parse_llama_bench_output(json.dumps(recs)) == recs
+    assert llama_bench.parse_llama_bench_output("") == []
     from bitnet.tools.errors import RuntimeFailure
 
     with pytest.raises(RuntimeFailure):
-        B.parse_llama_bench_output("[{not json")
+        llama_bench.parse_llama_bench_output("[{not json")
 
 
 def test_parse_progress_lines() -> None:
-    phases = [B.parse_progress(line) for line in PROGRESS]
+    phases = [llama_bench.parse_progress(line) for line in PROGRESS]
     assert phases[0] == (1, 4, "starting")
     assert phases[1] == (1, 4, "warmup")
     assert phases[2] == (1, 4, "prompt")
     assert (3, 4, "depth") in phases and (4, 4, "generation") in phases
-    assert B.parse_progress("llama_model_loader: loaded meta data") is None
+    assert llama_bench.parse_progress("llama_model_loader: loaded meta data") is None
 
 
 def test_stats_and_names() -> None:
-    s = B.stats([10.0, 12.0, 11.0, 30.0])
+    s = stats.stats([10.0, 12.0, 11.0, 30.0])
     assert (s["mean"], s["median"], s["min"], s["max"]) == (15.75, 11.5, 10.0, 30.0)
     assert s["stddev"] == pytest.approx(9.5351, rel=1e-4)
-    assert B.stats([5.0])["stddev"] == 0.0
-    assert B.test_name(128, 0, 0) == "pp128"
-    assert B.test_name(0, 64, 512) == "tg64 @ d512"
-    assert B.parse_int_list("1, 2,2", "-t") == [1, 2]
+    assert stats.stats([5.0])["stddev"] == 0.0
+    assert stats.test_name(128, 0, 0) == "pp128"
+    assert stats.test_name(0, 64, 512) == "tg64 @ d512"
+    assert options.parse_int_list("1, 2,2", "-t") == [1, 2]
     with pytest.raises(UsageError, match="-t"):
-        B.parse_int_list("1,x", "-t")
+        options.parse_int_list("1,x", "-t")
 
 
-def _events(meter: E.RaplMeter | None) -> list[B.Event]:
+def _events(meter: E.RaplMeter | None) -> list[llama_bench.Event]:
     """Test 1: two timed prompt runs of 1 s each; test 2 has a depth fill between its runs."""
     ev = [
         (0.0, 1, "starting", 0, 0.0),
@@ -165,7 +170,8 @@ def _events(meter: E.RaplMeter | None) -> list[B.Event]:
         (8.0, 2, "result", 23_000_000, 11.5),
     ]
     return [
-        B.Event(t, i, ph, {"package-0": uj} if meter else None, cpu) for t, i, ph, uj, cpu in ev
+        llama_bench.Event(t, i, ph, {"package-0": uj} if meter else None, cpu)
+        for t, i, ph, uj, cpu in ev
     ]
 
 
@@ -175,16 +181,16 @@ def test_timed_windows_attribute_only_timed_runs(tmp_path: Path) -> None:
     for f, v in (("name", "package-0"), ("energy_uj", "0"), ("max_energy_range_uj", "1000")):
         (root / "intel-rapl:0" / f).write_text(v)
     meter = E.RaplMeter([E.RaplDomain("package-0", "package-0", root / "intel-rapl:0", 10**12)])
-    w = B.timed_windows(_events(meter), meter)
+    w = stats.timed_windows(_events(meter), meter)
     assert set(w) == {1, 2}
     assert (w[1].seconds, w[1].cpu_seconds, w[1].joules) == (2.0, 4.0, {"package-0": 4.0})
     assert (w[2].seconds, w[2].cpu_seconds, w[2].joules) == (1.5, 3.0, {"package-0": 4.0})
-    w = B.timed_windows(_events(None), None)
+    w = stats.timed_windows(_events(None), None)
     assert w[2].joules is None and w[2].cpu_seconds == 3.0
 
 
-def _info(tmp_path: Path) -> B.ModelInfo:
-    return B.model_info(B.ModelSpec(_gguf(tmp_path / "m.gguf")))
+def _info(tmp_path: Path) -> options.ModelInfo:
+    return options.model_info(ModelSpec(_gguf(tmp_path / "m.gguf")))
 
 
 def test_estimated_energy_of_a_test(tmp_path: Path) -> None:
@@ -192,21 +198,21 @@ def test_estimated_energy_of_a_test(tmp_path: Path) -> None:
     rec = {"n_prompt": 16, "n_gen": 0, "n_depth": 0, "n_threads": 2,
            "samples_ns": [1_000_000_000, 1_000_000_000]}  # fmt: skip
     model = E.EnergyModel("estimated", cpu_watts=5.0, dram_pj_per_byte=100.0)
-    e = B.test_energy(rec, B.Window(seconds=2.0, cpu_seconds=3.0), info, model)
+    e = stats.test_energy(rec, stats.Window(seconds=2.0, cpu_seconds=3.0), info, model)
     dram = 2 * info.traffic.run_bytes(16, 0)
     assert e["method"] == "estimated" and e["cpu_seconds_source"] == "proc"
     assert e["joules"] == pytest.approx(3.0 * 5.0 + dram * 100e-12)
     assert e["joules_per_token"] == pytest.approx(e["joules"] / 32)
     # a window too short for /proc's 10 ms ticks: every thread counted busy for the timed part
-    e = B.test_energy(rec, B.Window(seconds=0.2, cpu_seconds=0.0), info, model)
+    e = stats.test_energy(rec, stats.Window(seconds=0.2, cpu_seconds=0.0), info, model)
     assert e["cpu_seconds_source"] == "threads-x-wall" and e["cpu_seconds"] == 2 * 2.0
 
 
 def test_measured_energy_of_a_test(tmp_path: Path) -> None:
     rec = {"n_prompt": 0, "n_gen": 8, "n_depth": 0, "n_threads": 1, "samples_ns": [1, 1]}
     model = E.EnergyModel("measured", domains=["package-0", "dram"])
-    window = B.Window(seconds=1.0, cpu_seconds=1.0, joules={"package-0": 3.0, "dram": 1.0})
-    e = B.test_energy(rec, window, _info(tmp_path), model)
+    window = stats.Window(seconds=1.0, cpu_seconds=1.0, joules={"package-0": 3.0, "dram": 1.0})
+    e = stats.test_energy(rec, window, _info(tmp_path), model)
     assert e["method"] == "measured" and e["joules"] == 4.0
     assert e["joules_per_token"] == 4.0 / 16 and e["domains"] == {"package-0": 3.0, "dram": 1.0}
 
@@ -267,33 +273,36 @@ def fake_bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         d = tmp_path / f"fake-{len(list(tmp_path.glob('fake-*')))}"
         d.mkdir()
         exe = _fake(d, **kw)
-        monkeypatch.setattr(B, "find_binary", lambda name, cpu=None: exe)
+        monkeypatch.setattr(bench_run, "find_binary", lambda name, cpu=None: exe)
         return exe
 
-    monkeypatch.setattr(B, "busy_cpus", lambda interval=0.3: None)
+    monkeypatch.setattr(bench_run, "busy_cpus", lambda interval=0.3: None)
     install()
     return install
 
 
-def _opts(**kw) -> B.BenchOptions:
+def _validate(report: dict) -> None:
+    """Validate a report against the schema file the package ships (and docs/bench.md cites)."""
+    jsonschema.validate(report, bench_report.report_schema())
+
+
+def _opts(**kw) -> BenchOptions:
     base = dict(n_prompt=[16], n_gen=[8], depth=[0, 32], threads=[1, 2], repetitions=2,
                 energy="estimate", bandwidth_probe=False)  # fmt: skip
     base.update(kw)
-    return B.BenchOptions(**base)
+    return BenchOptions(**base)
 
 
 def test_report_validates_against_the_documented_schema(tmp_path: Path, fake_bench) -> None:
     model = _gguf(tmp_path / "m.gguf")
     seen: list[tuple[int, int]] = []
-    report = B.run_bench(
-        [B.ModelSpec(model)], _opts(), progress=lambda d, t, _: seen.append((d, t))
-    )
-    assert B.schema_errors(report) == []
+    report = run_bench([ModelSpec(model)], _opts(), progress=lambda d, t, _: seen.append((d, t)))
+    _validate(report)
     json.dumps(report)  # plain JSON, nothing left over from the run
     assert report["energy_model"]["method"] == "estimated"
     assert len(report["runs"]) == 2 and len(report["results"]) == 8
     assert {r["test"] for r in report["results"]} == {"pp16", "tg8", "pp16 @ d32", "tg8 @ d32"}
-    first = B.parse_llama_bench_output(RECORDS)[0]
+    first = llama_bench.parse_llama_bench_output(RECORDS)[0]
     r0 = report["results"][0]
     assert r0["tokens_per_second"]["samples"] == first["samples_ts"]
     assert r0["energy"]["joules_per_token"] == pytest.approx(r0["energy"]["joules"] / 32)
@@ -303,18 +312,20 @@ def test_report_validates_against_the_documented_schema(tmp_path: Path, fake_ben
     assert seen and seen[-1] == (16, 16)  # 2 runs × 4 tests × 2 repetitions
 
 
-def test_schema_with_jsonschema(tmp_path: Path, fake_bench) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
-    report = B.run_bench([B.ModelSpec(_gguf(tmp_path / "m.gguf"))], _opts(threads=[1]))
-    jsonschema.validate(report, B.REPORT_SCHEMA)
+def test_the_schema_file_is_a_valid_schema_of_this_report_version() -> None:
+    schema = bench_report.report_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert bench_report.schema_id() == "bitnet-bench/1"
 
 
-def test_schema_errors_catch_bad_documents() -> None:
-    errs = B.schema_errors({"schema": "nope"})
-    assert "$.schema: expected 'bitnet-bench/1'" in errs and "$: missing 'results'" in errs
-    bad = {"type": "object", "required": ["a"], "properties": {"a": {"type": "integer"}}}
-    assert B.schema_errors({"a": True}, bad) == ["$.a: expected integer, got bool"]
-    assert B.schema_errors({}, bad) == ["$: missing 'a'"]
+def test_the_schema_rejects_bad_documents(tmp_path: Path, fake_bench) -> None:
+    report = run_bench([ModelSpec(_gguf(tmp_path / "m.gguf"))], _opts(threads=[1]))
+    _validate(report)
+    for bad in ({**report, "schema": "nope"}, {k: v for k, v in report.items() if k != "results"},
+                {**report, "results": [{**report["results"][0], "extra": 1}]},
+                {**report, "runs": [{**report["runs"][0], "threads": True}]}):  # fmt: skip
+        with pytest.raises(jsonschema.ValidationError):
+            _validate(bad)
 
 
 def test_measured_energy_through_a_run(tmp_path: Path, fake_bench) -> None:
@@ -324,9 +335,9 @@ def test_measured_energy_through_a_run(tmp_path: Path, fake_bench) -> None:
         (root / "intel-rapl:0" / f).write_text(v)
     fake_bench(energy=str(root / "intel-rapl:0" / "energy_uj"))
     opts = _opts(threads=[1], energy="auto", powercap_root=root)
-    report = B.run_bench([B.ModelSpec(_gguf(tmp_path / "m.gguf"))], opts)
+    report = run_bench([ModelSpec(_gguf(tmp_path / "m.gguf"))], opts)
     assert report["energy_model"]["method"] == "measured"
-    assert B.schema_errors(report) == []
+    _validate(report)
     for r in report["results"]:
         assert r["energy"]["method"] == "measured" and r["energy"]["joules"] > 0
 
@@ -337,7 +348,7 @@ def test_counters_that_never_move_are_not_a_measurement(tmp_path: Path, fake_ben
     for f, v in (("name", "package-0"), ("energy_uj", "5"), ("max_energy_range_uj", "100")):
         (root / "intel-rapl:0" / f).write_text(v)
     opts = _opts(threads=[1], energy="auto", powercap_root=root)
-    report = B.run_bench([B.ModelSpec(_gguf(tmp_path / "m.gguf"))], opts)
+    report = run_bench([ModelSpec(_gguf(tmp_path / "m.gguf"))], opts)
     assert report["energy_model"]["method"] == "estimated"
     assert all(r["energy"]["method"] == "estimated" for r in report["results"])
     assert any("did not advance" in n for n in report["notes"])
@@ -345,17 +356,17 @@ def test_counters_that_never_move_are_not_a_measurement(tmp_path: Path, fake_ben
 
 def test_a_failed_run_is_recorded_and_the_rest_goes_on(tmp_path: Path, fake_bench) -> None:
     fake_bench(fail=True)
-    report = B.run_bench([B.ModelSpec(_gguf(tmp_path / "m.gguf"))], _opts(threads=[1]))
+    report = run_bench([ModelSpec(_gguf(tmp_path / "m.gguf"))], _opts(threads=[1]))
     assert report["results"] == [] and len(report["failures"]) == 1
     assert "tensor data is not within file bounds" in report["failures"][0]["error"]
-    assert B.schema_errors(report) == []
-    err = B.failure_error(report)
+    _validate(report)
+    err = bench_run.failure_error(report)
     assert err is not None and "1 of 1 llama-bench runs failed" in str(err)
 
 
 def test_a_crash_is_retried_without_repack(tmp_path: Path, fake_bench) -> None:
     fake_bench(crash=True)
-    report = B.run_bench([B.ModelSpec(_gguf(tmp_path / "m.gguf"))], _opts(threads=[1]))
+    report = run_bench([ModelSpec(_gguf(tmp_path / "m.gguf"))], _opts(threads=[1]))
     assert not report["failures"] and len(report["results"]) == 4
     assert report["runs"][0]["command"][-2:] == ["--repack", "0"]
     assert any("SIGSEGV" in n and "--repack 0" in n for n in report["notes"])
@@ -365,7 +376,7 @@ def test_ratios_against_a_baseline(tmp_path: Path, fake_bench) -> None:
     a = _gguf(tmp_path / "a.gguf")
     b = _gguf(tmp_path / "b.gguf", tied=False)
     opts = _opts(threads=[1], depth=[0])
-    report = B.run_bench([B.ModelSpec(a), B.ModelSpec(b)], opts, baseline="b")
+    report = run_bench([ModelSpec(a), ModelSpec(b)], opts, baseline="b")
     for r in report["results"]:
         v = r["vs_baseline"]
         assert v["baseline"] == "b"
@@ -376,33 +387,33 @@ def test_ratios_against_a_baseline(tmp_path: Path, fake_bench) -> None:
         report["models"][0]["file_size"] / report["models"][1]["file_size"]
     )
     with pytest.raises(UsageError, match="--baseline"):
-        B.run_bench([B.ModelSpec(a)], opts, baseline="q4_0")
+        run_bench([ModelSpec(a)], opts, baseline="q4_0")
 
 
 def test_views_label_the_estimate(tmp_path: Path, fake_bench) -> None:
-    report = B.run_bench([B.ModelSpec(_gguf(tmp_path / "m.gguf"))], _opts(threads=[1]))
-    cols, rows = B.table_rows(report)
+    report = run_bench([ModelSpec(_gguf(tmp_path / "m.gguf"))], _opts(threads=[1]))
+    cols, rows = bench_report.table_rows(report)
     assert "J/token (estimated)" in cols
     assert all(row[cols.index("J/token (estimated)")].endswith("est.") for row in rows)
-    path = B.write_csv(report, tmp_path / "r.csv")
+    path = bench_report.write_csv(report, tmp_path / "r.csv")
     lines = path.read_text().splitlines()
-    assert lines[0].split(",") == list(B.CSV_COLUMNS) and len(lines) == 1 + 4
+    assert lines[0].split(",") == list(bench_report.CSV_COLUMNS) and len(lines) == 1 + 4
     assert ",estimated," in lines[1]
     with pytest.raises(Exception, match="already exists"):
-        B.write_csv(report, path)
+        bench_report.write_csv(report, path)
 
 
 def test_plot_is_written_and_labelled(tmp_path: Path, fake_bench) -> None:
     pytest.importorskip("matplotlib")
-    report = B.run_bench([B.ModelSpec(_gguf(tmp_path / "m.gguf"))], _opts())
-    png = B.write_plot(report, tmp_path / "p.png")
+    report = run_bench([ModelSpec(_gguf(tmp_path / "m.gguf"))], _opts())
+    png = bench_report.write_plot(report, tmp_path / "p.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_missing_matplotlib_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(UsageError, match="matplotlib") as info:
-        B.require_matplotlib()
+        bench_report.require_matplotlib()
     assert "bitnet[plot]" in (info.value.hint or "")
 
 
@@ -411,24 +422,24 @@ def test_missing_matplotlib_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_compare_converts_skips_and_reuses(tiny_packed: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    specs, skipped = B.prepare_compare(tiny_packed, ["i2_s", "tq2_0", "tl2", "f16"], cache)
+    specs, skipped = compare.prepare_compare(tiny_packed, ["i2_s", "tq2_0", "tl2", "f16"], cache)
     assert [s.name for s in specs] == ["i2_s", "f16"]
     reasons = {s["type"]: s["reason"] for s in skipped}
     assert set(reasons) == {"tq2_0", "tl2"}
     assert "TQ2_0" in reasons["tq2_0"] or "tq2_0" in reasons["tq2_0"].lower()
     assert "TL2" in reasons["tl2"]
     mtime = specs[0].path.stat().st_mtime_ns
-    again, _ = B.prepare_compare(tiny_packed, ["i2_s"], cache)
+    again, _ = compare.prepare_compare(tiny_packed, ["i2_s"], cache)
     assert again[0].path.stat().st_mtime_ns == mtime  # converted once, reused
     with pytest.raises(UsageError, match="q9"):
-        B.prepare_compare(tiny_packed, ["q9"], cache)
+        compare.prepare_compare(tiny_packed, ["q9"], cache)
     with pytest.raises(InputNotFoundError):
-        B.prepare_compare(tmp_path / "nope", ["i2_s"], cache)
+        compare.prepare_compare(tmp_path / "nope", ["i2_s"], cache)
 
 
 def test_compare_cache_key_follows_the_checkpoint(tiny_packed: Path, tmp_path: Path) -> None:
-    a = B.compare_cache_dir(tiny_packed, tmp_path)
-    assert a == B.compare_cache_dir(tiny_packed, tmp_path)
+    a = compare.compare_cache_dir(tiny_packed, tmp_path)
+    assert a == compare.compare_cache_dir(tiny_packed, tmp_path)
     assert a.parent == tmp_path and a.name.startswith(tiny_packed.name)
 
 
@@ -481,7 +492,7 @@ def test_cli_missing_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     def missing(name: str, cpu: str | None = None) -> Path:
         raise BuildError(f"{name} is not built (looked in /x).", hint="run: python setup_env.py")
 
-    monkeypatch.setattr(B, "find_binary", missing)
+    monkeypatch.setattr(bench_run, "find_binary", missing)
     result = runner.invoke(app, ["bench", "-m", str(_gguf(tmp_path / "m.gguf")), "--no-bandwidth"])
     assert result.exit_code == 10 and "llama-bench is not built" in _one_error(result)
 
@@ -493,7 +504,7 @@ def test_cli_json_run(tmp_path: Path, fake_bench) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
-    assert B.schema_errors(report) == []
+    _validate(report)
     assert "ESTIMATED" in result.stderr
 
 
@@ -522,10 +533,10 @@ def test_native_bench_smoke(tiny_packed: Path, tmp_path: Path) -> None:
         pytest.skip("no llama.cpp build with llama-bench: run python setup_env.py")
     model = tmp_path / "tiny-i2_s.gguf"
     convert_checkpoint(tiny_packed, model, "i2_s")
-    opts = B.BenchOptions(n_prompt=[16], n_gen=[8], threads=[1], repetitions=1,
+    opts = BenchOptions(n_prompt=[16], n_gen=[8], threads=[1], repetitions=1,
                           bandwidth_probe=False)  # fmt: skip
-    report = B.run_bench([B.ModelSpec(model)], opts)
-    assert B.schema_errors(report) == [], B.schema_errors(report)
+    report = run_bench([ModelSpec(model)], opts)
+    _validate(report)
     assert not report["failures"]
     assert [r["test"] for r in report["results"]] == ["pp16", "tg8"]
     for r in report["results"]:
@@ -535,19 +546,19 @@ def test_native_bench_smoke(tiny_packed: Path, tmp_path: Path) -> None:
     assert 0 < report["runs"][0]["peak_rss_bytes"] < 1 << 30
     assert report["llama_bench"]["build_commit"]
     # --compare's q4_0 comes from llama-quantize on the f16 conversion
-    specs, _ = B.prepare_compare(tiny_packed, ["q4_0"], tmp_path / "c")
+    specs, _ = compare.prepare_compare(tiny_packed, ["q4_0"], tmp_path / "c")
     assert GGUFReader(specs[0].path).tensors["blk.0.attn_q.weight"].type_id == GGMLType.Q4_0
 
 
 def test_docs_describe_every_report_field() -> None:
     doc = (Path(__file__).parent.parent / "docs" / "bench.md").read_text()
-    for key in B.REPORT_SCHEMA["properties"]:
+    for key in bench_report.report_schema()["properties"]:
         assert f"`{key}" in doc, key
     assert "CSV_COLUMNS" in doc and "--cpu-watts" in doc and "Horowitz" in doc
 
 
 def test_a_rebuild_during_the_run_is_noted(tmp_path: Path, fake_bench, monkeypatch) -> None:
     stamps = iter([(1, 1), (2, 1), (2, 1), (2, 1)])
-    monkeypatch.setattr(B, "_binary_stamp", lambda path: next(stamps))
-    report = B.run_bench([B.ModelSpec(_gguf(tmp_path / "m.gguf"))], _opts())
+    monkeypatch.setattr(bench_run, "_binary_stamp", lambda path: next(stamps))
+    report = run_bench([ModelSpec(_gguf(tmp_path / "m.gguf"))], _opts())
     assert any("was rebuilt while the benchmark ran" in n for n in report["notes"])

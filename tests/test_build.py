@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -374,6 +375,8 @@ def test_setup_env_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert "configure:" in res.stdout and "-DGGML_NATIVE=OFF" in res.stdout
+    assert "-DBUILD_SHARED_LIBS=ON" in res.stdout  # the Python API loads the same build
+    assert "the Python bindings" in res.stdout
     assert "0001-" in res.stdout
     assert not (tmp_path / "cache").exists()
     assert "Traceback" not in res.stderr
@@ -404,3 +407,33 @@ def test_a_cmake_cache_of_another_tree_is_dropped(tmp_path, repo_copy):
     (plan.build_dir / "CMakeFiles").mkdir()
     B._drop_foreign_cmake_cache(plan)
     assert not cache.exists() and not (plan.build_dir / "CMakeFiles").exists()
+
+
+def test_a_second_build_waits_for_the_first_and_reuses_it(tmp_path):
+    # Two set-ups at once share the cache: the second waits on the lock, then finds the build the
+    # first one finished and does nothing (it would fail here if it fetched: no sdist, no network).
+    import fcntl
+    import threading
+
+    plan = B.plan_build(B.BuildOptions(cache=tmp_path), toolchain=FAKE_TC)
+    assert not plan.up_to_date
+    held, lock = threading.Event(), tmp_path / ".build.lock"
+
+    def first_build() -> None:
+        with open(lock, "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            held.set()
+            time.sleep(0.3)
+            plan.bin_dir.mkdir(parents=True)
+            for t in plan.targets:
+                (plan.bin_dir / t).write_text("")
+            plan.stamp_file.write_text(json.dumps({"stamp": plan.stamp}))
+
+    t = threading.Thread(target=first_build)
+    t.start()
+    held.wait()
+    seen: list[str] = []
+    res = B.run_build(plan, lambda done, total, desc: seen.append(desc))
+    t.join()
+    assert res.built is False
+    assert any("waiting for another build" in d for d in seen)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -240,7 +241,7 @@ def test_tokenizer_files_are_consistent(tiny_packed: Path) -> None:
     assert pre[0]["pattern"]["Regex"] == hf_tokenizer.LLAMA3_PATTERN
     assert pre[1]["type"] == "ByteLevel"
     for merge in model["merges"]:  # every merge produces a vocab entry from two vocab entries
-        a, b = merge.split(" ")
+        a, b = merge  # ["a", "b"] pairs, as tokenizers >= 0.20 writes them (older files: "a b")
         assert a in model["vocab"] and b in model["vocab"] and a + b in model["vocab"]
 
 
@@ -255,6 +256,21 @@ def test_tokenizer_loads_in_hf_tokenizers(tiny_packed: Path) -> None:
     assert tok.get_vocab_size() == 512
     eot = tok.encode("<|eot_id|>", add_special_tokens=False).ids
     assert eot == [tok.token_to_id("<|eot_id|>")]
+
+
+@pytest.mark.oracle
+def test_tokenizer_loads_in_transformers(tiny_packed: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = transformers.AutoTokenizer.from_pretrained(str(tiny_packed))
+    ref = tokenizers.Tokenizer.from_file(str(tiny_packed / "tokenizer.json"))
+    text = "The model is fast, isn't it? 2048 tokens naïve café"
+    assert tok(text)["input_ids"] == ref.encode(text).ids
+    assert tok.bos_token_id == Checkpoint(tiny_packed).config["bos_token_id"]
+    chat = tok.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert chat == "<|begin_of_text|>User: Hi<|eot_id|>Assistant: "
 
 
 def test_chat_template_renders_the_2b4t_format(tiny_packed: Path) -> None:
@@ -276,13 +292,20 @@ def test_chat_template_renders_the_2b4t_format(tiny_packed: Path) -> None:
     )
 
 
-def test_bpe_trainer_is_deterministic_and_greedy() -> None:
-    a = hf_tokenizer.train_bpe("low lower lowest low low newer newest", 10)
-    assert a == hf_tokenizer.train_bpe("low lower lowest low low newer newest", 10)
-    assert a[0] == ("l", "o") or a[0] == ("Ġ", "l")  # the most frequent pair comes first
-    assert hf_tokenizer.train_bpe("low lower lowest low low newer newest", 4) == a[:4]
-    with pytest.raises(UsageError):
-        hf_tokenizer.train_bpe("naïve", 3)
+def test_trained_tokenizer_is_deterministic_and_frequency_ordered() -> None:
+    a = hf_tokenizer.tokenizer_json(hf_tokenizer.build_tokenizer(600, use_llama3=False))
+    b = hf_tokenizer.tokenizer_json(hf_tokenizer.build_tokenizer(600, use_llama3=False))
+    assert a == b
+    merges = a["model"]["merges"]
+    assert merges[0] == ["Ġ", "t"]  # " t" is the most frequent pair of the embedded English text
+    assert len(a["model"]["vocab"]) == 256 + len(merges) <= 600 - hf_tokenizer.MIN_SPECIALS
+
+
+def test_missing_tokenizers_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tokenizers", None)
+    with pytest.raises(UsageError, match="tokenizers package") as info:
+        hf_tokenizer.build_tokenizer(512)
+    assert "pip install" in (info.value.hint or "")
 
 
 def test_merges_from_ranks_orders_by_produced_token() -> None:
@@ -305,8 +328,9 @@ def test_llama3_vocab_from_quicktok_matches_its_encoder() -> None:
     tok = hf_tokenizer.build_tokenizer(128256)
     if tok.source != "llama3 ranks (quicktok)":
         pytest.skip("quicktok installed without Llama-3 data")
-    assert len(tok.merges) == 280147 and tok.bos_id == 128000 and tok.eot_id == 128009
-    hf = tokenizers.Tokenizer.from_str(json.dumps(hf_tokenizer.tokenizer_json(tok)))
+    doc = hf_tokenizer.tokenizer_json(tok)
+    assert len(doc["model"]["merges"]) == 280147 and tok.bos_id == 128000 and tok.eot_id == 128009
+    hf = tokenizers.Tokenizer.from_str(json.dumps(doc))
     ref = quicktok.get_encoding("llama3")
     for text in ["Hello world! 12345", "naïve café — 日本語 🚀", "  a\n\n\tb", "I'm sure they'll"]:
         assert hf.encode(text, add_special_tokens=False).ids == list(ref.encode(text))

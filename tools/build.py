@@ -30,7 +30,8 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -93,11 +94,13 @@ _CPU_FLAGS: dict[str, dict[str, str]] = {
 
 _NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 
-#: Options common to every build: Release, static binaries that run from anywhere, only the
-#: tools we need, no network at build time (no curl/openssl, no prebuilt web UI download).
+#: Options common to every build: Release, only the tools we need, no network at build time (no
+#: curl/openssl, no prebuilt web UI download). Shared libraries (libllama.so, libggml*.so next to
+#: the binaries in bin/, found through the build's RPATH) so that the Python API's bindings load
+#: the very same build: llama.cpp is compiled once.
 _COMMON_FLAGS: dict[str, str] = {
     "CMAKE_BUILD_TYPE": "Release",
-    "BUILD_SHARED_LIBS": "OFF",
+    "BUILD_SHARED_LIBS": "ON",
     "LLAMA_CURL": "OFF",
     "LLAMA_OPENSSL": "OFF",
     "LLAMA_BUILD_TESTS": "OFF",
@@ -377,9 +380,7 @@ def plan_build(options: BuildOptions, toolchain: Toolchain | None = None) -> Bui
         overlay[f"{TL_SHAPES_DEST}/{header.name}"] = header
     stamp = compute_stamp(pin, patches, overlay, flags)
     build_dir = cache / f"build-{options.cpu}"
-    old = read_stamp(build_dir)
-    built = all((build_dir / "bin" / t).is_file() for t in TARGETS)
-    up_to_date = bool(old and old.get("stamp") == stamp and built and not options.force)
+    up_to_date = _built(build_dir, stamp, TARGETS) and not options.force
     return BuildPlan(
         options=options,
         pin=pin,
@@ -781,12 +782,17 @@ _MAKE_PROGRESS = re.compile(r"^\[\s*(\d+)%\]")
 
 
 def _run_logged(
-    cmd: Sequence[str], log: TextIO, what: str, progress: ProgressFn | None, log_path: Path
-) -> None:
+    cmd: Sequence[str], log: TextIO, what: str, progress: ProgressFn | None, log_path: Path,
+    cache: Path,
+) -> None:  # fmt: skip
     """Run `cmd`, appending its output to `log`; report ninja/make progress; raise on failure."""
     log.write(f"\n$ {' '.join(cmd)}\n")
     log.flush()
-    env = dict(os.environ, CCACHE_SLOPPINESS=os.environ.get("CCACHE_SLOPPINESS", "time_macros"))
+    env = dict(os.environ)
+    env.setdefault("CCACHE_SLOPPINESS", "time_macros")
+    # Paths under the cache reach ccache relative to it, so another cache ($BITNET_CACHE of a
+    # second checkout, CI's) with the same sources hits the same ccache entries.
+    env.setdefault("CCACHE_BASEDIR", str(cache))
     try:
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
@@ -846,11 +852,46 @@ class BuildResult:
     sync: SyncStats | None = None
 
 
+@contextmanager
+def _cache_lock(cache: Path, progress: ProgressFn | None) -> Iterator[None]:
+    """Hold the cache's build lock: two set-ups at once share the source tree and build folders,
+    so the second waits for the first instead of writing the same files under it."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): builds are not serialised there
+        yield
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".build.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress:
+                progress(0, 0, "waiting for another build in this cache to finish")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield  # the lock goes with the file
+
+
+def _built(build_dir: Path, stamp: str, targets: Sequence[str]) -> bool:
+    """Whether `build_dir` holds a finished build with this stamp and every target."""
+    old = read_stamp(build_dir)
+    built = all((build_dir / "bin" / t).is_file() for t in targets)
+    return bool(old and old.get("stamp") == stamp and built)
+
+
 def run_build(plan: BuildPlan, progress: ProgressFn | None = None) -> BuildResult:
     """Carry out `plan` (see the module docstring); a no-op when it is up to date."""
     start = time.perf_counter()
     if plan.up_to_date:
         return BuildResult(plan.bin_dir, False, time.perf_counter() - start)
+    with _cache_lock(plan.cache, progress):
+        # Another set-up may have built exactly this while we waited.
+        if _built(plan.build_dir, plan.stamp, plan.targets) and not plan.options.force:
+            return BuildResult(plan.bin_dir, False, time.perf_counter() - start)
+        return _run_build_locked(plan, progress, start)
+
+
+def _run_build_locked(plan: BuildPlan, progress: ProgressFn | None, start: float) -> BuildResult:
     pin = plan.pin
     sdist = fetch_sdist(pin, plan.sdist.parent, progress)
     extract_pristine(sdist, pin, plan.pristine, progress)
@@ -862,8 +903,11 @@ def run_build(plan: BuildPlan, progress: ProgressFn | None = None) -> BuildResul
     plan.stamp_file.unlink(missing_ok=True)  # a build that stops half-way is not up to date
     _drop_foreign_cmake_cache(plan)
     with open(plan.log_file, "w") as log:
-        _run_logged(plan.cmake_configure_cmd(), log, "cmake configure", progress, plan.log_file)
-        _run_logged(plan.cmake_build_cmd(), log, "building llama.cpp", progress, plan.log_file)
+        for cmd, what in (
+            (plan.cmake_configure_cmd(), "cmake configure"),
+            (plan.cmake_build_cmd(), "building llama.cpp"),
+        ):
+            _run_logged(cmd, log, what, progress, plan.log_file, plan.cache)
     missing = [t for t in plan.targets if not (plan.bin_dir / t).is_file()]
     if missing:
         raise BuildError(

@@ -6,36 +6,33 @@ the Llama-3 pre-tokenizer regex, 128000 ranked tokens, 280147 merges and 256 spe
 
 * at vocab 128256, when the ``quicktok-v1`` package is installed, the real Llama-3 ranks it ships
   are used (merges derived from the ranks), so a dummy 2B-4T has the real tokenizer;
-* otherwise 256 byte tokens plus merges learnt by a small deterministic BPE trainer from an
-  embedded English text, then the Llama-3 special tokens, padded with reserved specials up to the
+* otherwise 256 byte tokens plus merges that Hugging Face ``tokenizers`` learns from an embedded
+  English text, then the Llama-3 special tokens, padded with reserved specials up to the
   requested vocabulary size.
+
+Either way the pipeline (pre-tokenizer, decoder, BOS template) is built and serialised by
+``tokenizers`` itself, so ``tokenizer.json`` is the file that library writes, not our copy of it.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import re
 import struct
-from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    import tokenizers
 
 #: The Llama-3 pre-tokenizer split pattern (HF `Split` pre-tokenizer, behaviour "Isolated").
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
     r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-
-#: The same pattern restricted to ASCII input (\p{L} = letters, \p{N} = digits), which Python's
-#: `re` can run; the training text is ASCII, so training splits exactly as the real pattern would.
-_ASCII_PATTERN = re.compile(
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\nA-Za-z0-9]?[A-Za-z]+|[0-9]{1,3}|"
-    r" ?[^\sA-Za-z0-9]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
 BOS_TOKEN = "<|begin_of_text|>"
@@ -141,60 +138,9 @@ def byte_to_unicode() -> dict[int, str]:
     return mapping
 
 
-def _byte_order() -> list[int]:
-    """Byte values in GPT-2 / Llama-3 id order: printable bytes first, then the rest."""
-    m = byte_to_unicode()
-    return sorted(range(256), key=lambda b: ord(m[b]))
-
-
 def to_byte_level(data: bytes) -> str:
     m = byte_to_unicode()
     return "".join(m[b] for b in data)
-
-
-# --- a tiny deterministic BPE trainer -----------------------------------------------------------
-
-
-def train_bpe(text: str, n_merges: int) -> list[tuple[str, str]]:
-    """Learn up to `n_merges` byte-level BPE merges from ASCII `text`.
-
-    Classic BPE: count adjacent symbol pairs inside each pre-token (weighted by how often the
-    pre-token occurs), merge the most frequent pair, repeat. Ties go to the lexicographically
-    smallest pair so the result is deterministic; training stops early when no pair occurs twice.
-    """
-    if not text.isascii():
-        raise UsageError("train_bpe: the training text must be ASCII.")
-    words = Counter(to_byte_level(w.encode()) for w in _ASCII_PATTERN.findall(text))
-    seqs: dict[tuple[str, ...], int] = {tuple(w): c for w, c in words.items()}
-    merges: list[tuple[str, str]] = []
-    while len(merges) < n_merges:
-        pairs: Counter[tuple[str, str]] = Counter()
-        for seq, count in seqs.items():
-            for pair in zip(seq, seq[1:], strict=False):
-                pairs[pair] += count
-        if not pairs:
-            break
-        best_count = max(pairs.values())
-        if best_count < 2:
-            break
-        best = min(p for p, c in pairs.items() if c == best_count)
-        merges.append(best)
-        joined = best[0] + best[1]
-        new: dict[tuple[str, ...], int] = {}
-        for seq, count in seqs.items():
-            out: list[str] = []
-            i = 0
-            while i < len(seq):
-                if i + 1 < len(seq) and (seq[i], seq[i + 1]) == best:
-                    out.append(joined)
-                    i += 2
-                else:
-                    out.append(seq[i])
-                    i += 1
-            key = tuple(out)
-            new[key] = new.get(key, 0) + count
-        seqs = new
-    return merges
 
 
 # --- Llama-3 ranks from quicktok ----------------------------------------------------------------
@@ -280,21 +226,33 @@ def merges_from_ranks(by_rank: list[bytes]) -> list[tuple[bytes, bytes]]:
 # --- the tokenizer ------------------------------------------------------------------------------
 
 
+def _tokenizers() -> Any:
+    """The Hugging Face `tokenizers` package, or one error line saying how to get it."""
+    try:
+        import tokenizers
+    except ImportError:
+        raise UsageError(
+            "making a dummy checkpoint needs the tokenizers package, which is not installed.",
+            hint="pip install 'tokenizers>=0.20,<1'",
+        ) from None
+    return tokenizers
+
+
 @dataclass
 class BPETokenizer:
-    """A byte-level BPE vocabulary: regular tokens (ids 0..), then special tokens."""
+    """A Llama-3-style byte-level BPE tokenizer: regular tokens (ids 0..), then special tokens."""
 
-    tokens: list[str]  # byte-level strings, id order
-    merges: list[tuple[str, str]]
-    specials: list[str]  # ids len(tokens) ..
+    hf: tokenizers.Tokenizer  # the `tokenizers` object; its to_str() is tokenizer.json
+    n_regular: int  # ids below this are BPE tokens, the rest are `specials`
+    specials: list[str]
     source: str  # "llama3 ranks (quicktok)" or "trained on embedded text"
 
     @property
     def vocab_size(self) -> int:
-        return len(self.tokens) + len(self.specials)
+        return self.n_regular + len(self.specials)
 
     def special_id(self, content: str) -> int:
-        return len(self.tokens) + self.specials.index(content)
+        return self.n_regular + self.specials.index(content)
 
     @property
     def bos_id(self) -> int:
@@ -325,128 +283,73 @@ def build_tokenizer(vocab_size: int, *, use_llama3: bool = True) -> BPETokenizer
             f"vocab size {vocab_size} is too small: a byte-level tokenizer needs at least "
             f"{256 + MIN_SPECIALS} ids (256 bytes + {MIN_SPECIALS} special tokens)."
         )
-    if use_llama3 and vocab_size == LLAMA3_VOCAB_SIZE:
-        real = llama3_ranks()
-        if real is not None:
-            by_rank, specials = real
-            merges = [(to_byte_level(a), to_byte_level(b)) for a, b in merges_from_ranks(by_rank)]
-            return BPETokenizer(
-                [to_byte_level(t) for t in by_rank], merges, specials, "llama3 ranks (quicktok)"
-            )
-    wanted = min(vocab_size - 256 - MIN_SPECIALS, MAX_TRAINED_MERGES)
-    merges = _trained_merges(wanted)
-    m = byte_to_unicode()
-    tokens = [m[b] for b in _byte_order()] + [a + b for a, b in merges]
-    specials = _special_names(vocab_size - len(tokens))
-    return BPETokenizer(tokens, merges, specials, "trained on embedded text")
+    tk = _tokenizers()
+    real = llama3_ranks() if use_llama3 and vocab_size == LLAMA3_VOCAB_SIZE else None
+    if real is not None:
+        by_rank, specials = real
+        vocab = {to_byte_level(t): i for i, t in enumerate(by_rank)}
+        merges = [(to_byte_level(a), to_byte_level(b)) for a, b in merges_from_ranks(by_rank)]
+        hf = _llama3_pipeline(tk, tk.models.BPE(vocab, merges, ignore_merges=True))
+        source = "llama3 ranks (quicktok)"
+    else:
+        # Classic BPE over the pre-tokenized text: the 256 byte symbols (ids in GPT-2 order),
+        # then the most frequent pair merged, repeatedly, while some pair occurs twice.
+        hf = _llama3_pipeline(tk, tk.models.BPE(ignore_merges=True))
+        n_merges = min(vocab_size - 256 - MIN_SPECIALS, MAX_TRAINED_MERGES)
+        trainer = tk.trainers.BpeTrainer(
+            vocab_size=256 + n_merges,
+            min_frequency=2,
+            initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        hf.train_from_iterator([_CORPUS], trainer)
+        specials = _special_names(vocab_size - hf.get_vocab_size())
+        source = "trained on embedded text"
+    n_regular = hf.get_vocab_size()
+    hf.add_special_tokens([tk.AddedToken(s, special=True, normalized=False) for s in specials])
+    tok = BPETokenizer(hf, n_regular, specials, source)
+    # Llama-3's post-processor: byte-level offsets, then BOS before each sequence.
+    hf.post_processor = tk.processors.Sequence(
+        [
+            tk.processors.ByteLevel(trim_offsets=False),
+            tk.processors.TemplateProcessing(
+                single=f"{BOS_TOKEN} $A",
+                pair=f"{BOS_TOKEN} $A {BOS_TOKEN}:1 $B:1",
+                special_tokens=[(BOS_TOKEN, tok.bos_id)],
+            ),
+        ]
+    )
+    return tok
 
 
-@lru_cache(maxsize=8)
-def _trained_merges_cached(n: int) -> tuple[tuple[str, str], ...]:
-    return tuple(train_bpe(_CORPUS, n))
-
-
-def _trained_merges(n: int) -> list[tuple[str, str]]:
-    # Training is greedy, so the first k merges of a longer run equal a run of k: reuse it.
-    return list(_trained_merges_cached(MAX_TRAINED_MERGES)[:n])
+def _llama3_pipeline(tk: Any, model: Any) -> tokenizers.Tokenizer:
+    """A `tokenizers.Tokenizer` around a BPE model with Llama-3's pre-tokenizer and decoder."""
+    hf = tk.Tokenizer(model)
+    hf.pre_tokenizer = tk.pre_tokenizers.Sequence(
+        [
+            tk.pre_tokenizers.Split(tk.Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
+            tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    hf.decoder = tk.decoders.ByteLevel()
+    return hf
 
 
 # --- HF files -----------------------------------------------------------------------------------
 
 
-def _added_token(tid: int, content: str) -> dict[str, Any]:
-    return {
-        "id": tid,
-        "content": content,
-        "single_word": False,
-        "lstrip": False,
-        "rstrip": False,
-        "normalized": False,
-        "special": True,
-    }
-
-
 def tokenizer_json(tok: BPETokenizer) -> dict[str, Any]:
-    """The HF `tokenizers` document (Llama-3 layout)."""
-    n = len(tok.tokens)
-    bos = {"id": BOS_TOKEN, "ids": [tok.bos_id], "tokens": [BOS_TOKEN]}
-    return {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": [_added_token(n + i, s) for i, s in enumerate(tok.specials)],
-        "normalizer": None,
-        "pre_tokenizer": {
-            "type": "Sequence",
-            "pretokenizers": [
-                {
-                    "type": "Split",
-                    "pattern": {"Regex": LLAMA3_PATTERN},
-                    "behavior": "Isolated",
-                    "invert": False,
-                },
-                {
-                    "type": "ByteLevel",
-                    "add_prefix_space": False,
-                    "trim_offsets": True,
-                    "use_regex": False,
-                },
-            ],
-        },
-        "post_processor": {
-            "type": "Sequence",
-            "processors": [
-                {
-                    "type": "ByteLevel",
-                    "add_prefix_space": True,
-                    "trim_offsets": False,
-                    "use_regex": True,
-                },
-                {
-                    "type": "TemplateProcessing",
-                    "single": [
-                        {"SpecialToken": {"id": BOS_TOKEN, "type_id": 0}},
-                        {"Sequence": {"id": "A", "type_id": 0}},
-                    ],
-                    "pair": [
-                        {"SpecialToken": {"id": BOS_TOKEN, "type_id": 0}},
-                        {"Sequence": {"id": "A", "type_id": 0}},
-                        {"SpecialToken": {"id": BOS_TOKEN, "type_id": 1}},
-                        {"Sequence": {"id": "B", "type_id": 1}},
-                    ],
-                    "special_tokens": {BOS_TOKEN: bos},
-                },
-            ],
-        },
-        "decoder": {
-            "type": "ByteLevel",
-            "add_prefix_space": True,
-            "trim_offsets": True,
-            "use_regex": True,
-        },
-        "model": {
-            "type": "BPE",
-            "dropout": None,
-            "unk_token": None,
-            "continuing_subword_prefix": None,
-            "end_of_word_suffix": None,
-            "fuse_unk": False,
-            "byte_fallback": False,
-            "ignore_merges": True,
-            "vocab": {t: i for i, t in enumerate(tok.tokens)},
-            # "a b" strings, the form of Meta's published file (byte-level tokens hold no space).
-            "merges": [f"{a} {b}" for a, b in tok.merges],
-        },
-    }
+    """The HF `tokenizers` document (Llama-3 layout), as that library serialises it."""
+    return json.loads(tok.hf.to_str())
 
 
 def tokenizer_config_json(tok: BPETokenizer, model_max_length: int) -> dict[str, Any]:
-    n = len(tok.tokens)
-    decoder = {}
-    for i, s in enumerate(tok.specials):
-        entry = _added_token(n + i, s)
-        del entry["id"]
-        decoder[str(n + i)] = entry
+    """transformers' tokenizer_config.json: the special tokens, BOS handling, chat template."""
+    special = {"single_word": False, "lstrip": False, "rstrip": False, "normalized": False}
+    decoder = {
+        str(tok.n_regular + i): {"content": s, **special, "special": True}
+        for i, s in enumerate(tok.specials)
+    }
     return {
         "added_tokens_decoder": decoder,
         "add_bos_token": True,
@@ -464,15 +367,18 @@ def tokenizer_config_json(tok: BPETokenizer, model_max_length: int) -> dict[str,
 def write_tokenizer_files(folder: Path, tok: BPETokenizer, model_max_length: int) -> list[Path]:
     """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `folder`."""
     folder = Path(folder)
+    # tokenizer.json as `tokenizers` writes it; compact for a real-size (multi-MB) vocabulary.
+    texts = {"tokenizer.json": tok.hf.to_str(pretty=tok.vocab_size <= 4096)}
     docs = {
-        "tokenizer.json": tokenizer_json(tok),
         "tokenizer_config.json": tokenizer_config_json(tok, model_max_length),
         "special_tokens_map.json": {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN},
     }
+    texts.update(
+        {name: json.dumps(doc, indent=2, ensure_ascii=False) for name, doc in docs.items()}
+    )
     written = []
-    for name, doc in docs.items():
+    for name, text in texts.items():
         path = folder / name
-        indent = None if name == "tokenizer.json" and tok.vocab_size > 4096 else 2
-        path.write_text(json.dumps(doc, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
+        path.write_text(text + "\n", encoding="utf-8")
         written.append(path)
     return written

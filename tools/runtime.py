@@ -130,17 +130,17 @@ def run_streaming(cmd: Sequence[str], what: str) -> None:
         raise
     reader.join()
     if code != 0:
-        raise RuntimeFailure(f"{what} failed (exit {code}): {_explain(tail)}")
+        raise RuntimeFailure(f"{what} failed (exit {code}): {explain_log(tail) or 'no output'}")
 
 
-def _explain(lines: collections.abc.Iterable[str]) -> str:
+def explain_log(lines: collections.abc.Iterable[str]) -> str:
     """The most telling line of a llama.cpp log: its last error, else its last line."""
     lines = [ln.strip() for ln in lines if ln.strip()]
     for ln in reversed(lines):
         low = ln.lower()
         if "error" in low or "failed" in low or "invalid" in low:
             return ln
-    return lines[-1] if lines else "no output"
+    return lines[-1] if lines else ""
 
 
 def generate(model: Path, prompt: str, opts: GenerationOptions) -> None:
