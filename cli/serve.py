@@ -48,8 +48,11 @@ def serve(
         typer.Argument(help="Anything after `--` goes to llama-server.", show_default=False),
     ] = None,
 ) -> None:
-    """Serve models over HTTP: OpenAI routes (/v1/...), Ollama routes (/api/...) and a chat page
-    at /. Loopback only unless --host says otherwise; stops on Ctrl-C or SIGTERM."""
+    """Serve models over HTTP, with OpenAI and Ollama routes.
+
+    OpenAI routes under /v1, Ollama routes under /api and a chat page at /. Loopback only unless
+    --host says otherwise; stops on Ctrl-C or SIGTERM.
+    """
     opts = ServerOptions(
         threads=threads, ctx_size=ctx_size, parallel=parallel, extra=tuple(extra or ())
     )

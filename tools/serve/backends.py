@@ -24,7 +24,7 @@ from typing import Any
 
 from ..build import check_tl_served, find_binary
 from ..errors import BitnetError, debug_enabled
-from ..runtime import _explain, spawn
+from ..runtime import explain_log, spawn
 from .catalog import ModelEntry
 
 CHILD_HOST = "127.0.0.1"
@@ -251,7 +251,7 @@ def _load_reason(tail: collections.abc.Iterable[str]) -> str:
     for line in tail:
         if "error loading model:" in line:
             return line.split("error loading model:", 1)[1].strip()
-    return _explain(tail)
+    return explain_log(tail)
 
 
 def _healthy(port: int) -> bool:
