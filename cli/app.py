@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "dummy": "dummy:dummy",
     "run": "run:run",
     "chat": "chat:chat",
+    "serve": "serve:serve",
     "bench": "bench:bench",
     "codegen": "codegen:codegen",
     "pull": "store:pull",
