@@ -68,10 +68,12 @@ static void *worker(void *arg) {
             if (r0 >= r1) return NULL;
             acts = malloc(NT * a_row);
             for (int64_t t = 0; t < NT; t++)
-                bitnet_quantize_row_i8s(X + t * K, (bitnet_block_i8s *) ((char *) acts + t * a_row), K);
+                bitnet_quantize_row_i8s(X + t * K, (bitnet_block_i8s *) ((char *) acts + t * a_row),
+                                        K);
         } else {                                 /* prompt: shared buffer, one barrier */
             for (int64_t t = ith; t < NT; t += NTH)
-                bitnet_quantize_row_i8s(X + t * K, (bitnet_block_i8s *) ((char *) ACTS + t * a_row), K);
+                bitnet_quantize_row_i8s(X + t * K, (bitnet_block_i8s *) ((char *) ACTS + t * a_row),
+                                        K);
             pthread_barrier_wait(&BAR);
         }
         float scale;
@@ -88,7 +90,8 @@ static void *worker(void *arg) {
     const float scale = bitnet_tl_scale(TYPE, W, M, K);
     const int64_t n_tiles = M / T.BM;
     const int64_t tile0 = n_tiles * ith / NTH, tile1 = n_tiles * (ith + 1) / NTH;
-    if (tile0 < tile1) bitnet_tl_mul_mat(TYPE, &T, tile0, tile1, NT, W, scale, LUT, LUT_LEN, D, Y, M);
+    if (tile0 < tile1)
+        bitnet_tl_mul_mat(TYPE, &T, tile0, tile1, NT, W, scale, LUT, LUT_LEN, D, Y, M);
     return NULL;
 }
 

@@ -95,8 +95,9 @@ def build_library(
 ) -> Path:
     """Compile `kernels/bitnet-*.c` into a shared library (once per source hash); return its path.
 
-    `cc` defaults to `$CC`, then `cc`; `cflags` to CFLAGS plus `sanitizer_flags()`. Raises ToolchainError when the compiler is missing and
-    BuildError (with the compiler's last message) when compilation fails.
+    `cc` defaults to `$CC`, then `cc`; `cflags` to CFLAGS plus `sanitizer_flags()`. Raises
+    ToolchainError when the compiler is missing and BuildError (with the compiler's last message)
+    when compilation fails.
     """
     cc = cc or os.environ.get("CC") or "cc"
     cflags = (*CFLAGS, *sanitizer_flags()) if cflags is None else tuple(cflags)

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from bitnet.tools import build as B
+from bitnet.tools.errors import BitnetError
 
 HERE = Path(__file__).resolve().parent
 HARNESS = HERE / "fuzz_load.cpp"
@@ -90,7 +91,8 @@ def clang() -> tuple[str, str]:
     cc = os.environ.get("FUZZ_CC") or shutil.which("clang")
     cxx = os.environ.get("FUZZ_CXX") or shutil.which("clang++")
     if not cc or not cxx:
-        raise SystemExit("error: clang is not installed\ntry: apt-get install clang libclang-rt-dev")
+        hint = "try: apt-get install clang libclang-rt-dev"
+        raise SystemExit(f"error: clang is not installed\n{hint}")
     return cc, cxx
 
 
@@ -156,7 +158,7 @@ def build(jobs: int | None = None) -> Path:
     return exe
 
 
-# --- the seed corpus ------------------------------------------------------------------------------
+# --- the seed corpus --------------------------------------------------------------------------
 
 #: The seed model: the TL test shapes (hidden 256, ffn 256: every (M, K) is in the committed TL
 #: shape table), one layer, the smallest vocabulary, Q4_0 embeddings: about 100 KB per file.
@@ -206,7 +208,7 @@ def make_seeds(out: Path) -> list[Path]:
     return files
 
 
-# --- running ----------------------------------------------------------------------------------------
+# --- running ------------------------------------------------------------------------------------
 
 
 def run(seconds: int, jobs: int | None, extra: list[str]) -> int:
@@ -229,7 +231,7 @@ def run(seconds: int, jobs: int | None, extra: list[str]) -> int:
     say(f"fuzzing for {seconds} s (corpus: {work})")
     cmd = [
         str(exe), *common, f"-dict={DICT}", f"-max_total_time={seconds}", "-print_final_stats=1",
-        *extra, str(work), str(seeds), str(REGRESSIONS),
+        *extra, str(work), str(seeds), *([str(REGRESSIONS)] if regressions else []),
     ]  # fmt: skip
     return subprocess.run(cmd, env=env).returncode
 
@@ -246,6 +248,13 @@ def main() -> None:
     pr.add_argument("extra", nargs="*", help="more libFuzzer options (after --)")
     ps.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     args = p.parse_args()
+    try:
+        _main(args)
+    except BitnetError as exc:  # one error line, as the CLI does
+        raise SystemExit(f"error: {exc}" + (f"\ntry: {exc.hint}" if exc.hint else "")) from None
+
+
+def _main(args: argparse.Namespace) -> None:
     if args.cmd == "build":
         build(args.jobs)
     elif args.cmd == "seeds":
