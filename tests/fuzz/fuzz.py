@@ -44,9 +44,12 @@ REGRESSIONS = HERE / "regressions"
 
 SANITIZE = "-fsanitize=address,undefined"
 #: Compile flags of llama.cpp and the harness: sanitizers, coverage (fuzzer-no-link), line tables
-#: for readable reports, -O1 (builds fast, keeps reports exact). UBSan findings are fatal.
+#: for readable reports, -O1 (builds fast, keeps reports exact). UBSan findings are fatal, except
+#: -fsanitize=function: ggml calls every vec_dot (e.g. ggml_vec_dot_f16, whose arguments are
+#: ggml_fp16_t pointers) through one generic function-pointer type, on every F16 matmul.
 CFLAGS = (
-    f"{SANITIZE},fuzzer-no-link -fno-sanitize-recover=all -fno-omit-frame-pointer "
+    f"{SANITIZE},fuzzer-no-link -fno-sanitize=function -fno-sanitize-recover=all "
+    "-fno-omit-frame-pointer "
     "-gline-tables-only -O1 " + B._NO_AMX
 )
 #: llama.cpp's libraries that the harness links (static), in link order.

@@ -56,7 +56,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t * data, size_t size) {
     snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
 
     llama_model_params mparams = llama_model_default_params();
-    mparams.use_mmap = true;
+    mparams.load_mode = LLAMA_LOAD_MODE_MMAP;
+    mparams.n_gpu_layers = 0;
     llama_model * model = llama_model_load_from_file(path, mparams);
     if (model != nullptr) {
         // One short batch (the prompt path, several tokens) with a small context and one thread:
