@@ -80,6 +80,7 @@ FUZZ_OPTIONS = ("-rss_limit_mb=2048", "-malloc_limit_mb=1024", "-timeout=20", "-
 SAN_ENV = {
     "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:symbolize=1",
     "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
+    "GGML_NO_BACKTRACE": "1",  # an abort reports through libFuzzer, not a gdb attach
 }
 
 
