@@ -125,22 +125,6 @@ def _read_gguf(path: Path) -> None:
             np.asarray(r.data(name)).sum()  # every tensor's bytes are readable
 
 
-@BOUNDED
-@given(data=st.binary(max_size=512))
-def test_gguf_random_bytes(tmp_path: Path, data: bytes) -> None:
-    path = tmp_path / "x.gguf"
-    path.write_bytes(data)
-    _bounded_call(lambda: _read_gguf(path))
-
-
-@BOUNDED
-@given(data=st.data())
-def test_gguf_damaged(tmp_path: Path, small_gguf: bytes, data: st.DataObject) -> None:
-    path = tmp_path / "x.gguf"
-    path.write_bytes(_apply(small_gguf, data.draw(_mutations(len(small_gguf)))))
-    _bounded_call(lambda: _read_gguf(path))
-
-
 def test_gguf_header_lies_are_ours(tmp_path: Path, small_gguf: bytes) -> None:
     """Every u64 of the header set to each lie (n_tensors, n_kv, string and array lengths, dims,
     offsets): an error of ours, never a huge allocation."""
@@ -187,20 +171,28 @@ def _read_safetensors(path: Path) -> None:
         f.close()
 
 
+#: format -> (file name, reader) for the properties both containers share
+READERS = {"gguf": ("x.gguf", _read_gguf), "safetensors": ("model.safetensors", _read_safetensors)}
+
+
+@pytest.mark.parametrize("fmt", READERS)
 @BOUNDED
 @given(data=st.binary(max_size=512))
-def test_safetensors_random_bytes(tmp_path: Path, data: bytes) -> None:
-    path = tmp_path / "model.safetensors"
-    path.write_bytes(data)
-    _bounded_call(lambda: _read_safetensors(path))
+def test_random_bytes(tmp_path: Path, fmt: str, data: bytes) -> None:
+    name, read = READERS[fmt]
+    (tmp_path / name).write_bytes(data)
+    _bounded_call(lambda: read(tmp_path / name))
 
 
+@pytest.mark.parametrize("fmt", READERS)
 @BOUNDED
 @given(data=st.data())
-def test_safetensors_damaged(tmp_path: Path, small_safetensors: bytes, data: st.DataObject) -> None:
-    path = tmp_path / "model.safetensors"
-    path.write_bytes(_apply(small_safetensors, data.draw(_mutations(len(small_safetensors)))))
-    _bounded_call(lambda: _read_safetensors(path))
+def test_damaged(tmp_path: Path, request: pytest.FixtureRequest, fmt: str, data: st.DataObject):
+    """A small valid file with bytes overwritten, u32/u64 fields set to lies, or cut short."""
+    name, read = READERS[fmt]
+    valid = request.getfixturevalue(f"small_{fmt}")
+    (tmp_path / name).write_bytes(_apply(valid, data.draw(_mutations(len(valid)))))
+    _bounded_call(lambda: read(tmp_path / name))
 
 
 @BOUNDED

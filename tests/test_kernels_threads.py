@@ -19,29 +19,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from arm_helpers import DRIVER_PRELUDE
 
 from bitnet.tools import kernels_lib, quants
 
 THREADS = 4
 
-DRIVER = r"""
-#define _POSIX_C_SOURCE 200809L  /* pthread_barrier_t under -std=c11 */
-#include <pthread.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
+DRIVER = (
+    "#define _POSIX_C_SOURCE 200809L  /* pthread_barrier_t under -std=c11 */\n"
+    "#include <pthread.h>\n"
+    "#include <stdint.h>\n"
+    + DRIVER_PRELUDE
+    + r"""
 #include "bitnet-kernels.h"
 #include "bitnet-tl.h"
-
-static void *slurp(const char *path, size_t n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) exit(4);
-    void *p = malloc(n ? n : 1);
-    if (fread(p, 1, n, f) != n) exit(5);
-    fclose(f);
-    return p;
-}
 
 /* the product: type 0 = I2_S, 1 = TL1, 2 = TL2; W is the whole tensor (tail included) */
 static int TYPE, NTH;
@@ -122,6 +113,7 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
+)
 
 
 @pytest.fixture(scope="module")

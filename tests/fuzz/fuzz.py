@@ -170,31 +170,11 @@ SEED_SHAPE = {"hidden": 256, "ffn": 256, "layers": 1, "heads": 2, "kv_heads": 1,
 SEED_TYPES = ("i2_s", "tl1", "tl2", "tq2_0")
 
 
-def official_layout(src: Path, dst: Path, arch: str = "bitnet-25", file_type: int = 137) -> None:
-    """Rewrite our I2_S file as Microsoft's published one is laid out (spec §4.1): their arch
-    name, a `general.file_type` our enum lacks, bool add_bos_token (as tests/test_e2e.py)."""
-    import numpy as np
-
-    from bitnet.tools.gguf import GGUFReader, GGUFWriter
-
-    r = GGUFReader(src)
-    w = GGUFWriter(dst)
-    old = r.kv["general.architecture"]
-    for key, value in r.kv.items():
-        vtype = r.kv_types[key]
-        vtype = vtype[1] if isinstance(vtype, tuple) else vtype
-        new_key = arch + key[len(old) :] if key.startswith(old + ".") else key
-        value = {"general.architecture": arch, "general.file_type": file_type}.get(key, value)
-        w.add_kv(new_key, value, vtype)
-    for name, t in r.tensors.items():
-        w.add_tensor(name, t.shape, t.type_id, t.nbytes)
-    w.write(lambda name: np.asarray(r.data(name)))
-
-
 def make_seeds(out: Path) -> list[Path]:
     """Write the seed corpus into `out` (deterministic bytes); return the files."""
     from bitnet.tools.convert import convert_checkpoint
     from bitnet.tools.dummy import make_dummy
+    from bitnet.tools.gguf import rewrite_arch
     from bitnet.tools.hf_tokenizer import MIN_SPECIALS
 
     out.mkdir(parents=True, exist_ok=True)
@@ -207,7 +187,7 @@ def make_seeds(out: Path) -> list[Path]:
             convert_checkpoint(ckpt, dst, outtype=qtype, embedding_type="q4_0", force=True)
             files.append(dst)
         official = out / "seed-i2_s-microsoft-layout.gguf"
-        official_layout(out / "seed-i2_s.gguf", official)
+        rewrite_arch(out / "seed-i2_s.gguf", official, "bitnet-25", 137)  # Microsoft's layout
         files.append(official)
     return files
 
