@@ -20,6 +20,7 @@
 #include "bitnet-i2s-internal.h" /* BITNET_HAVE_X86, bitnet-kernels.h */
 
 #ifdef BITNET_HAVE_X86
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -229,16 +230,19 @@ static void f16_mul_mat_avx2(int64_t k, int64_t nr, int64_t nt, const uint16_t *
     f16_mul_mat_tiles(TILES_256, 2, k, nr, nt, w, ws, x, xs, y, ys);
 }
 
+/* F16C from CPUID leaf 1 (ECX bit 29): clang before 15 has no __builtin_cpu_supports("f16c"). */
+static int cpu_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+}
 static int cpu_f16_avx512(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("f16c") &&
-           __builtin_cpu_supports("fma");
+           __builtin_cpu_supports("avx512vl") && cpu_f16c() && __builtin_cpu_supports("fma");
 }
 static int cpu_f16_avx2(void) {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") &&
-           __builtin_cpu_supports("fma");
+    return __builtin_cpu_supports("avx2") && cpu_f16c() && __builtin_cpu_supports("fma");
 }
 #endif /* BITNET_HAVE_X86 */
 

@@ -156,13 +156,19 @@ TARGET static void epilogue(const int32_t *raw, const int32_t *act_sum, const fl
  * The two instantiations (bitnet-i2s-avx512-tile.h) and the entry points
  * ============================================================================================ */
 
-/* The "avx512vnni" path: GFNI unpacking when the CPU has it (fixed per CPU, so the benign race
- * on first use only repeats the same query). */
+/* The "avx512vnni" path: GFNI unpacking when the CPU has it. The answer is fixed per CPU, so
+ * threads that meet the first call together only repeat the same query; the cache is read and
+ * written atomically (relaxed), so that is not a data race (ThreadSanitizer found the plain int,
+ * tests/test_kernels_threads.py). */
 TARGET void bitnet_i2s_mul_mat_avx512vnni(int64_t k, int64_t nr, int64_t nt, const uint8_t *w,
                                           float w_scale, const bitnet_block_i8s *a, float *y,
                                           int64_t y_stride) {
-    static int has_gfni = -1;
-    if (has_gfni < 0) has_gfni = bitnet_cpuid7_ecx(8);
+    static int cached = -1;
+    int has_gfni = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (has_gfni < 0) {
+        has_gfni = bitnet_cpuid7_ecx(8);
+        __atomic_store_n(&cached, has_gfni, __ATOMIC_RELAXED);
+    }
     bitnet_i2s_mul_mat_tiled(has_gfni ? &kernel_gfni : &kernel_shift, k, nr, nt, w, w_scale, a, y,
                              y_stride);
 }

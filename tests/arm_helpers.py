@@ -3,6 +3,7 @@ the NEON I2_S and the TL kernel tests (imported by name: pytest puts tests/ on s
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -36,6 +37,15 @@ static void spill(const char *path, const void *p, size_t n) {
 """
 
 
+def _sanitizer_flags() -> tuple[str, ...]:
+    """UBSan when $BITNET_SANITIZE asks for it (kernels_lib.SANITIZE_ENV). Static aarch64
+    binaries under qemu-user take UBSan only: ASan needs a dynamic runtime and its shadow memory."""
+    wanted = os.environ.get(kernels_lib.SANITIZE_ENV, "").split(",")
+    if "undefined" not in wanted:
+        return ()
+    return ("-fsanitize=undefined", "-fno-sanitize-recover=all")
+
+
 def cross_build(out_dir: Path, driver: str, sources: Sequence[Path], what: str) -> Path:
     """Build DRIVER_PRELUDE + `driver` with `sources` into a static aarch64 executable.
 
@@ -49,7 +59,8 @@ def cross_build(out_dir: Path, driver: str, sources: Sequence[Path], what: str) 
         )
     (out_dir / "driver.c").write_text(DRIVER_PRELUDE + driver)
     exe = out_dir / "driver"
-    cmd = [CROSS_CC, "-O2", "-std=c11", "-static", f"-I{kernels_lib.kernels_dir()}",
+    cmd = [CROSS_CC, "-O2", "-std=c11", "-static", *_sanitizer_flags(),
+           f"-I{kernels_lib.kernels_dir()}",
            str(out_dir / "driver.c"), *map(str, sources), "-o", str(exe), "-lm"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr

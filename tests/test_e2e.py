@@ -21,7 +21,7 @@ from native_helpers import binary as _binary
 from typer.testing import CliRunner
 
 from bitnet.cli.app import app
-from bitnet.tools.gguf import GGUFReader, GGUFWriter
+from bitnet.tools.gguf import GGUFReader, rewrite_arch
 from bitnet.tools.hf_tokenizer import byte_to_unicode
 from bitnet.tools.reference import ReferenceModel
 
@@ -119,23 +119,8 @@ def _official_layout(src: Path, dst: Path, arch: str, file_type: int) -> None:
     """Rewrite our file as Microsoft's published one is laid out: arch name, `general.file_type`
     of a value our enum does not define, `general.name`, bool add_bos_token (spec §4.1)."""
     r = GGUFReader(src)
-    w = GGUFWriter(dst)
-    old = r.kv["general.architecture"]
-    for key, value in r.kv.items():
-        vtype = r.kv_types[key]
-        vtype = vtype[1] if isinstance(vtype, tuple) else vtype
-        new_key = arch + key[len(old) :] if key.startswith(old + ".") else key
-        if key == "general.architecture":
-            value = arch
-        elif key == "general.file_type":
-            value = file_type
-        elif key == "general.name":
-            value = "bitnet2b"
-        w.add_kv(new_key, value, vtype)
     assert "output.weight" not in r.tensors and r.tensors["token_embd.weight"].type_id == 1
-    for name, t in r.tensors.items():
-        w.add_tensor(name, t.shape, t.type_id, t.nbytes)
-    w.write(lambda name: np.asarray(r.data(name)))
+    rewrite_arch(src, dst, arch, file_type, "bitnet2b")
 
 
 @pytest.mark.parametrize(("arch", "file_type"), [("bitnet-b1.58", 40), ("bitnet-25", 137)])

@@ -578,6 +578,37 @@ class GGUFReader:
         self.close()
 
 
+def rewrite_arch(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    arch: str,
+    file_type: int | None = None,
+    name: str | None = None,
+) -> None:
+    """Copy the GGUF `src` to `dst` under the architecture name `arch` (its `OLD.*` keys become
+    `ARCH.*`), with another `general.file_type` / `general.name` when given: how Microsoft's
+    published I2_S files differ from ours (arch `bitnet-b1.58` or `bitnet-25`, file type 40 or
+    137; spec §4.1). Used to make files in their layout for tests and the fuzz corpus."""
+    r = GGUFReader(src)
+    w = GGUFWriter(dst)
+    old = r.kv["general.architecture"]
+    new_values = {
+        "general.architecture": arch,
+        "general.file_type": file_type,
+        "general.name": name,
+    }
+    for key, value in r.kv.items():
+        vtype = r.kv_types[key]
+        vtype = vtype[1] if isinstance(vtype, tuple) else vtype
+        new_key = arch + key[len(old) :] if key.startswith(old + ".") else key
+        if new_values.get(key) is not None:
+            value = new_values[key]
+        w.add_kv(new_key, value, vtype)
+    for tname, t in r.tensors.items():
+        w.add_tensor(tname, t.shape, t.type_id, t.nbytes)
+    w.write(lambda tname: np.asarray(r.data(tname)))
+
+
 def read_gguf(path: str | os.PathLike[str]) -> GGUFReader:
     """Open and validate a GGUF file (see GGUFReader)."""
     return GGUFReader(path)

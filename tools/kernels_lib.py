@@ -46,6 +46,18 @@ KERNEL_NAMES: tuple[str, ...] = (
 #: Compiler flags of the test library (the SIMD paths carry their own target attributes).
 CFLAGS: tuple[str, ...] = ("-O2", "-std=c11", "-shared", "-fPIC")
 LIB_NAME = "libbitnetkernels.so"
+#: `$BITNET_SANITIZE` (e.g. "address,undefined", or "thread") builds the library with those
+#: sanitizers, every finding fatal. A Python process loading an ASan build needs the runtime
+#: preloaded: LD_PRELOAD=$(cc -print-file-name=libasan.so) (.ci/run does this).
+SANITIZE_ENV = "BITNET_SANITIZE"
+
+
+def sanitizer_flags() -> tuple[str, ...]:
+    """The extra compiler flags `$BITNET_SANITIZE` asks for (none when unset)."""
+    san = os.environ.get(SANITIZE_ENV, "").strip()
+    if not san:
+        return ()
+    return (f"-fsanitize={san}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g")
 
 
 def kernels_dir() -> Path:
@@ -77,16 +89,18 @@ def _build_key(cc: str, cflags: Sequence[str]) -> str:
 
 def build_library(
     cc: str | None = None,
-    cflags: Sequence[str] = CFLAGS,
+    cflags: Sequence[str] | None = None,
     cache_dir: Path | None = None,
     force: bool = False,
 ) -> Path:
     """Compile `kernels/bitnet-*.c` into a shared library (once per source hash); return its path.
 
-    `cc` defaults to `$CC`, then `cc`. Raises ToolchainError when the compiler is missing and
-    BuildError (with the compiler's last message) when compilation fails.
+    `cc` defaults to `$CC`, then `cc`; `cflags` to CFLAGS plus `sanitizer_flags()`. Raises
+    ToolchainError when the compiler is missing and BuildError (with the compiler's last message)
+    when compilation fails.
     """
     cc = cc or os.environ.get("CC") or "cc"
+    cflags = (*CFLAGS, *sanitizer_flags()) if cflags is None else tuple(cflags)
     if shutil.which(cc) is None:
         raise ToolchainError(
             f"the C compiler {cc!r} was not found.",

@@ -127,7 +127,7 @@ def _parse_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str], i
         raise InputNotFoundError(f"{path} is a folder, not a safetensors file.") from None
     try:
         header = json.loads(raw_header.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, > 4300-digit ints, nesting
         raise _corrupt(path, f"its header is not valid JSON ({exc.__class__.__name__})") from None
     if not isinstance(header, dict):
         raise _corrupt(path, "its header is not a JSON object")
@@ -187,9 +187,9 @@ def _read_json(path: Path, what: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputNotFoundError(f"{path} does not exist.") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, > 4300-digit ints, nesting
         raise CorruptFileError(
-            f"{path} is not valid JSON ({exc.__class__.__name__}: {exc}).",
+            f"{path} is not valid JSON ({exc.__class__.__name__}: {str(exc)[:120]}).",
             hint=f"re-download or re-create the {what}",
         ) from None
 

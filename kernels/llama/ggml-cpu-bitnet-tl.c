@@ -11,9 +11,11 @@
 
 #include "bitnet-tl.h"
 #include "ggml-cpu-bitnet-tl-shapes.h"
+#include "ggml-cpu.h"
 #include "ggml-cpu-impl.h"
 #include "ggml-impl.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -87,6 +89,59 @@ static int64_t tl_max_lut_len(int code, int64_t M, int64_t K) {
 // Work buffer layout: [d: n_tok floats][q: n_tok x pad(K) int8][LUT: n_tok x lut_len int16].
 static size_t tl_lut_offset(int64_t n_tok, int64_t K) {
     return TL_PAD((size_t) n_tok * sizeof(float)) + (size_t) n_tok * TL_PAD((size_t) K);
+}
+
+// Load-time check of a ternary weight (I2_S, TL1, TL2) against its shape (patch 0008 calls it
+// from llama's loader for every tensor it loads, with the tensor's bytes): the kernels trust the
+// scale tail and the tile record, so a file that lies about them is refused here, by name, and
+// never reaches a kernel. ggml_nbytes (patches 0001/0007) already sized the tensor from its shape
+// and gguf checked that many bytes lie inside the file.
+int ggml_bitnet_check_weight(const struct ggml_tensor * t, const void * data, char * msg, size_t msg_size) {
+    if (t->type != GGML_TYPE_I2_S && !ggml_bitnet_tl_is_tl(t)) {
+        return 0;
+    }
+    const char * type = ggml_type_name(t->type);
+    const int64_t K = t->ne[0], M = t->ne[1];
+    float scale;
+    if (t->type == GGML_TYPE_I2_S) {
+        // the f32 scale sits right after the n/4 code bytes (spec §2.2)
+        memcpy(&scale, (const char *) data + ggml_nelements(t) / 4, sizeof scale);
+    } else {
+        const int code = tl_code(t->type);
+        if (t->ne[2] != 1 || t->ne[3] != 1) {
+            snprintf(msg, msg_size, "%s tensor '%s' has %lld x %lld matrices; a TL tensor is "
+                     "one (M, K) matrix", type, t->name, (long long) t->ne[2], (long long) t->ne[3]);
+            return 1;
+        }
+        if ((size_t) bitnet_tl_nbytes(code, M, K) != ggml_nbytes(t)) {
+            snprintf(msg, msg_size, "%s tensor '%s' of shape (M = %lld, K = %lld) cannot be laid "
+                     "out in %s tiles", type, t->name, (long long) M, (long long) K, type);
+            return 1;
+        }
+        bitnet_tl_tiling rec;
+        const int recorded = bitnet_tl_tail_tiling(code, (const uint8_t *) data, M, K, &rec);
+        if (recorded < 0) {
+            snprintf(msg, msg_size, "%s tensor '%s' of shape (M = %lld, K = %lld) records tiles "
+                     "(BM %d, BK %d, bm %d) that cannot tile it", type, t->name, (long long) M,
+                     (long long) K, (int) rec.BM, (int) rec.BK, (int) rec.bm);
+            return 1;
+        }
+        if (tl_find(code, M, K, recorded ? &rec : NULL) == NULL) {
+            snprintf(msg, msg_size, "%s tensor '%s' has shape (M = %lld, K = %lld) and %s tiles "
+                     "that this build has no TL kernel for (shape set %s); rebuild with: python "
+                     "setup_env.py --tl-shapes MODEL (or convert with --outtype i2_s)", type,
+                     t->name, (long long) M, (long long) K, recorded ? "recorded" : "default",
+                     BITNET_TL_SHAPES_DIGEST);
+            return 1;
+        }
+        scale = bitnet_tl_scale(code, (const uint8_t *) data, M, K);
+    }
+    if (!isfinite(scale)) {
+        snprintf(msg, msg_size, "%s tensor '%s' has a non-finite scale (%g) in its tail", type,
+                 t->name, (double) scale);
+        return 1;
+    }
+    return 0;
 }
 
 size_t ggml_bitnet_tl_wsize(const struct ggml_tensor * src0, const struct ggml_tensor * src1) {

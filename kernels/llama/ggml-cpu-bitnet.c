@@ -146,9 +146,13 @@ bool ggml_compute_forward_mul_mat_f16_bitnet(const struct ggml_compute_params * 
         ne0 != ne01 || ne1 != ne11 || ne10 * ne11 > BITNET_F16_MAX_ACTS) {
         return false;
     }
-    static int have_simd = -1;  // fixed per CPU: the benign race repeats the same answer
+    // fixed per CPU: threads meeting the first call together repeat the same answer; atomic
+    // (relaxed) loads and stores make that race-free, as in the kernels (ThreadSanitizer)
+    static int cached_simd = -1;
+    int have_simd = __atomic_load_n(&cached_simd, __ATOMIC_RELAXED);
     if (have_simd < 0) {
         have_simd = strcmp(bitnet_f16_kernel_name(), "scalar") != 0;
+        __atomic_store_n(&cached_simd, have_simd, __ATOMIC_RELAXED);
     }
     if (!have_simd) {
         return false;

@@ -55,7 +55,8 @@ def _int(config: dict[str, Any], key: str, default: int | None = None) -> int:
     value = config.get(key)
     if value is None:
         value = default
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    # GGUF stores these as uint32: a larger value is as invalid as a negative one
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**32:
         raise CorruptFileError(
             f"config.json has no valid {key!r} (got {value!r}).",
             hint="re-download the checkpoint's config.json",
@@ -123,6 +124,10 @@ class TernaryDecoder(ArchConverter):
                 "n_head·head_dim = hidden."
             )
         qc = cfg.get("quantization_config") or {}
+        if not isinstance(qc, dict):
+            raise CorruptFileError(
+                f"config.json has an invalid 'quantization_config' ({qc!r}); it must be an object."
+            )
         self.linear_class = str(qc.get("linear_class", "bitlinear")).lower()
         self.has_quant_config = bool(qc)
         if qc.get("use_rms_norm"):  # transformers' BitLinear option: an RMSNorm inside each linear

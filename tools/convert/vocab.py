@@ -93,7 +93,7 @@ class Vocab:
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # also > 4300-digit ints, deep nesting
         raise CorruptFileError(
             f"{path.name} in {path.parent} is not valid JSON ({exc.__class__.__name__}).",
             hint="download the checkpoint again (bitnet convert REPO-ID fetches it from the hub)",
@@ -117,6 +117,8 @@ def _special_id(
     if isinstance(value, list):  # generation configs list several eos ids; the first is primary
         value = value[0] if value else None
     if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value < 2**32:  # GGUF stores the id as uint32
+            raise CorruptFileError(f"config.json has an invalid {name}_token_id ({value}).")
         return value
     text = _token_text(tok_config.get(f"{name}_token"))
     return ids.get(text) if text is not None else None

@@ -1,0 +1,88 @@
+"""Lying ternary tensors are refused by llama.cpp's loader, by name (patch 0008), and every file in
+tests/fuzz/regressions/ (inputs that once crashed the fuzz harness) ends in an error or a normal
+run, never a signal. Runs the product build's llama-bitnet-logits; the seed files are those of
+tests/fuzz/fuzz.py (made from a fixed seed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+from native_helpers import binary
+
+from bitnet.tools.gguf import GGUFReader
+
+pytestmark = pytest.mark.native
+
+FUZZ = Path(__file__).parent / "fuzz"
+
+
+def _fuzz_module():
+    spec = importlib.util.spec_from_file_location("bitnet_fuzz", FUZZ / "fuzz.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    files = _fuzz_module().make_seeds(tmp_path_factory.mktemp("seeds"))
+    return {f.stem.removeprefix("seed-"): f for f in files}
+
+
+def _logits(model: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(binary("llama-bitnet-logits")), "-m", str(model), "--ids", "1,2,3", "-t", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _patched(src: Path, dst: Path, tensor: str, tail_offset: int, raw: bytes) -> Path:
+    """`src` with `raw` written at byte `tail_offset` of `tensor`'s 32-byte tail."""
+    t = GGUFReader(src).tensors[tensor]
+    data = bytearray(src.read_bytes())
+    pos = t.offset + t.nbytes - 32 + tail_offset
+    data[pos : pos + len(raw)] = raw
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+@pytest.mark.parametrize("qtype", ["i2_s", "tl1", "tl2", "tq2_0", "i2_s-microsoft-layout"])
+def test_seeds_run(seeds: dict[str, Path], qtype: str) -> None:
+    res = _logits(seeds[qtype])
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("qtype", "offset", "raw", "says"),
+    [
+        ("tl2", 4, struct.pack("<I", 7), "records tiles (BM 7, BK 96, bm 32) that cannot tile it"),
+        ("tl1", 8, struct.pack("<I", 100), "that cannot tile it"),
+        ("tl2", 4, struct.pack("<III", 64, 192, 32), "recorded tiles that this build has no TL"),
+        ("tl2", 0, struct.pack("<f", float("nan")), "has a non-finite scale"),
+        ("i2_s", 0, struct.pack("<f", float("inf")), "has a non-finite scale"),
+    ],
+    ids=["tl2-bad-bm", "tl1-bad-bk", "tl2-unserved-tiles", "tl2-nan-scale", "i2s-inf-scale"],
+)
+def test_lying_tail_is_refused_at_load(seeds, tmp_path: Path, qtype, offset, raw, says) -> None:
+    tensor = "blk.0.ffn_down.weight"
+    bad = _patched(seeds[qtype], tmp_path / "bad.gguf", tensor, offset, raw)
+    res = _logits(bad)
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert f"'{tensor}'" in res.stderr and says in res.stderr, res.stderr[-2000:]
+    assert "error: cannot load model" in res.stderr  # refused by the loader, not mid-run
+
+
+def test_regression_files_end_cleanly() -> None:
+    files = sorted(p for p in (FUZZ / "regressions").glob("*") if p.is_file())
+    for f in files:
+        res = _logits(f)
+        assert res.returncode >= 0, f"{f.name}: killed by signal {-res.returncode}"
+        assert "AddressSanitizer" not in res.stderr and "GGML_ASSERT" not in res.stderr, f.name
