@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 
 from bitnet.tools import runtime
+from bitnet.tools.threads import choose_threads
 
+from . import _output as out
 from ._errors import handle_errors
 
 
@@ -25,8 +27,18 @@ def run(
         int, typer.Option("-n", "--n-predict", metavar="N", help="Tokens to generate.")
     ] = 128,
     threads: Annotated[
-        int | None, typer.Option("-t", "--threads", metavar="N", help="CPU threads.")
+        int | None,
+        typer.Option(
+            "-t",
+            "--threads",
+            metavar="N",
+            help="CPU threads (default: the count measured fastest here, cached).",
+        ),
     ] = None,
+    retune_threads: Annotated[
+        bool,
+        typer.Option("--retune-threads", help="Measure the fastest thread count again."),
+    ] = False,
     ctx_size: Annotated[
         int, typer.Option("-c", "--ctx-size", metavar="N", help="Context in tokens.")
     ] = 2048,
@@ -63,6 +75,11 @@ def run(
 
     Tokens stream to stdout as they are produced; generation stops at the end of the turn.
     """
+    if threads is None:
+        runtime.check_model(model)
+        choice = choose_threads(model, remeasure=retune_threads)
+        threads = choice.threads
+        out.info(f"threads: {choice.describe()}")
     opts = runtime.GenerationOptions(
         n_predict=n_predict,
         threads=threads,
