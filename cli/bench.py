@@ -26,10 +26,10 @@ from bitnet.tools.bench.report import (
 )
 from bitnet.tools.bench.run import failure_error, run_bench
 from bitnet.tools.errors import UsageError
-from bitnet.tools.threads import choose_threads
 
 from . import _output as out
 from ._errors import handle_errors
+from ._threads import RetuneOption, default_threads
 
 
 @handle_errors
@@ -59,10 +59,7 @@ def bench(
             help="Thread counts, e.g. 1,2 (default: 1 and the count measured fastest here).",
         ),
     ] = None,
-    retune_threads: Annotated[
-        bool,
-        typer.Option("--retune-threads", help="Measure the fastest thread count again."),
-    ] = False,
+    retune_threads: RetuneOption = False,
     repetitions: Annotated[
         int, typer.Option("-r", "--repetitions", metavar="N", help="Timed repetitions per test.")
     ] = 5,
@@ -180,9 +177,7 @@ def bench(
     if not specs:
         raise UsageError("no model to benchmark.", hint="pass -m MODEL.gguf or --compare DIR")
     if threads is None:  # 1 and the fastest count for the first model's size (measured once)
-        choice = choose_threads(specs[0].path, remeasure=retune_threads)
-        opts.threads = sorted({1, choice.threads})
-        out.info(f"threads: {choice.describe()}")
+        opts.threads = sorted({1, default_threads(specs[0].path, retune_threads)})
 
     with out.progress("benchmarking") as bar:
         report = run_bench(specs, opts, progress=bar, skipped=skipped, baseline=baseline)

@@ -8,10 +8,9 @@ from typing import Annotated
 import typer
 
 from bitnet.tools import runtime
-from bitnet.tools.threads import choose_threads
 
-from . import _output as out
 from ._errors import handle_errors
+from ._threads import RetuneOption, default_threads
 
 
 @handle_errors
@@ -35,10 +34,7 @@ def run(
             help="CPU threads (default: the count measured fastest here, cached).",
         ),
     ] = None,
-    retune_threads: Annotated[
-        bool,
-        typer.Option("--retune-threads", help="Measure the fastest thread count again."),
-    ] = False,
+    retune_threads: RetuneOption = False,
     ctx_size: Annotated[
         int, typer.Option("-c", "--ctx-size", metavar="N", help="Context in tokens.")
     ] = 2048,
@@ -77,9 +73,7 @@ def run(
     """
     if threads is None:
         runtime.check_model(model)
-        choice = choose_threads(model, remeasure=retune_threads)
-        threads = choice.threads
-        out.info(f"threads: {choice.describe()}")
+        threads = default_threads(model, retune_threads)
     opts = runtime.GenerationOptions(
         n_predict=n_predict,
         threads=threads,

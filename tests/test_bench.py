@@ -523,9 +523,9 @@ def test_cli_default_threads_are_measured_and_named(
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.stderr
     assert sorted({r["threads"] for r in json.loads(result.stdout)["runs"]}) == [1, 2]
-    assert "threads: 2 thread(s), measured fastest" in result.stderr
+    assert "threads: 2 thread(s), measured fastest here" in result.stderr
     result = runner.invoke(app, args)
-    assert "threads: 2 thread(s), cached fastest" in result.stderr
+    assert "threads: 2 thread(s), cached fastest here" in result.stderr
 
 
 def test_cli_table_run(tmp_path: Path, fake_bench) -> None:

@@ -37,7 +37,7 @@ def test_measured_once_then_cached_then_remeasured(tmp_path: Path) -> None:
     kw = dict(cache_dir=tmp_path, measure=measure, physical=4, logical=8)
     first = T.choose_threads(model, **kw)
     assert (first.threads, first.source, calls) == (3, "measured", [4, 3, 8])
-    assert "3 thread(s), measured fastest" in first.describe()
+    assert "3 thread(s), measured fastest here" in first.describe()
     again = T.choose_threads(model, **kw)
     assert (again.threads, again.source, again.figures) == (3, "cached", speeds)
     assert calls == [4, 3, 8]  # no new measurement

@@ -41,7 +41,8 @@ class ThreadChoice:
         if self.source == "physical cores":
             return f"{self.threads} thread(s): the physical cores (not measured)"
         figs = ", ".join(f"{t}t {v:.1f}" for t, v in sorted(self.figures.items()))
-        return f"{self.threads} thread(s), {self.source} fastest on this machine (tg t/s: {figs})"
+        again = "; --retune-threads measures again" if self.source == "cached" else ""
+        return f"{self.threads} thread(s), {self.source} fastest here (tg t/s: {figs}){again}"
 
 
 def physical_cores(root: Path = Path("/sys/devices/system/cpu")) -> int:
