@@ -160,15 +160,15 @@ def table(
     bytes_per_token: dict[str, float | None],
 ) -> tuple[list[str], list[list[str]]]:
     """The issue's table: one row per engine, pp and tg per thread count, % of the decode bound."""
-    pp, tg = f"pp{n_prompt}", f"tg{n_gen}"
-    cols = ["engine"] + [f"{pp} {t}t" for t in threads] + [f"{tg} {t}t" for t in threads]
-    cols += [f"tg % bound {t}t" for t in threads]
+    tests = [x for x, n in ((f"pp{n_prompt}", n_prompt), (f"tg{n_gen}", n_gen)) if n > 0]
+    tg = f"tg{n_gen}"
+    cols = ["engine"] + [f"{x} {t}t" for x in tests for t in threads]
+    cols += [f"tg % bound {t}t" for t in threads] if n_gen > 0 else []
     rows = []
     for eng in engines:
         row = [eng.name]
-        row += [_fmt_cell(cells.get((eng.name, pp, t))) for t in threads]
-        row += [_fmt_cell(cells.get((eng.name, tg, t))) for t in threads]
-        for t in threads:
+        row += [_fmt_cell(cells.get((eng.name, x, t))) for x in tests for t in threads]
+        for t in threads if n_gen > 0 else []:
             cell = cells.get((eng.name, tg, t))
             nbytes, bw = bytes_per_token.get(eng.name), bandwidth.get(t)
             if cell and cell.passes and nbytes and bw:
