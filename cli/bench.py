@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -31,11 +30,7 @@ from bitnet.tools.store import resolve_model
 
 from . import _output as out
 from ._errors import handle_errors
-
-
-def _default_threads() -> str:
-    n = os.cpu_count() or 1
-    return "1" if n == 1 else f"1,{n}"
+from ._threads import RetuneOption, default_threads
 
 
 @handle_errors
@@ -60,8 +55,15 @@ def bench(
         typer.Option("-n", "--n-gen", metavar="N,...", help="Generated tokens, e.g. 64 (0: none)."),
     ] = "64",
     threads: Annotated[
-        str, typer.Option("-t", "--threads", metavar="N,...", help="Thread counts, e.g. 1,2.")
-    ] = _default_threads(),
+        str | None,
+        typer.Option(
+            "-t",
+            "--threads",
+            metavar="N,...",
+            help="Thread counts, e.g. 1,2 (default: 1 and the count measured fastest here).",
+        ),
+    ] = None,
+    retune_threads: RetuneOption = False,
     repetitions: Annotated[
         int, typer.Option("-r", "--repetitions", metavar="N", help="Timed repetitions per test.")
     ] = 5,
@@ -151,7 +153,7 @@ def bench(
     opts = BenchOptions(
         n_prompt=parse_int_list(n_prompt, "-p"),
         n_gen=parse_int_list(n_gen, "-n"),
-        threads=parse_int_list(threads, "-t"),
+        threads=parse_int_list(threads, "-t") if threads else [1],
         repetitions=repetitions,
         depth=parse_int_list(depth, "--depth"),
         warmup=warmup,
@@ -178,6 +180,8 @@ def bench(
             out.warn(f"skipping {s['type']}: {s['reason']}")
     if not specs:
         raise UsageError("no model to benchmark.", hint="pass -m MODEL.gguf or --compare DIR")
+    if threads is None:  # 1 and the fastest count for the first model's size (measured once)
+        opts.threads = sorted({1, default_threads(specs[0].path, retune_threads)})
 
     with out.progress("benchmarking") as bar:
         report = run_bench(specs, opts, progress=bar, skipped=skipped, baseline=baseline)

@@ -10,6 +10,7 @@ from bitnet.tools import runtime
 from bitnet.tools.store import resolve_model
 
 from ._errors import handle_errors
+from ._threads import RetuneOption, default_threads
 
 
 @handle_errors
@@ -30,8 +31,15 @@ def run(
         int, typer.Option("-n", "--n-predict", metavar="N", help="Tokens to generate.")
     ] = 128,
     threads: Annotated[
-        int | None, typer.Option("-t", "--threads", metavar="N", help="CPU threads.")
+        int | None,
+        typer.Option(
+            "-t",
+            "--threads",
+            metavar="N",
+            help="CPU threads (default: the count measured fastest here, cached).",
+        ),
     ] = None,
+    retune_threads: RetuneOption = False,
     ctx_size: Annotated[
         int, typer.Option("-c", "--ctx-size", metavar="N", help="Context in tokens.")
     ] = 2048,
@@ -68,6 +76,10 @@ def run(
 
     Tokens stream to stdout as they are produced; generation stops at the end of the turn.
     """
+    path = resolve_model(model)
+    if threads is None:
+        runtime.check_model(path)
+        threads = default_threads(path, retune_threads)
     opts = runtime.GenerationOptions(
         n_predict=n_predict,
         threads=threads,
@@ -81,4 +93,4 @@ def run(
         display_prompt=display_prompt,
         extra=list(extra or []),
     )
-    runtime.generate(resolve_model(model), prompt, opts)
+    runtime.generate(path, prompt, opts)

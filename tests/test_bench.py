@@ -493,7 +493,8 @@ def test_cli_missing_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         raise BuildError(f"{name} is not built (looked in /x).", hint="run: python setup_env.py")
 
     monkeypatch.setattr(bench_run, "find_binary", missing)
-    result = runner.invoke(app, ["bench", "-m", str(_gguf(tmp_path / "m.gguf")), "--no-bandwidth"])
+    args = ["bench", "-m", str(_gguf(tmp_path / "m.gguf")), "-t", "1", "--no-bandwidth"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 10 and "llama-bench is not built" in _one_error(result)
 
 
@@ -506,6 +507,25 @@ def test_cli_json_run(tmp_path: Path, fake_bench) -> None:
     report = json.loads(result.stdout)
     _validate(report)
     assert "ESTIMATED" in result.stderr
+
+
+def test_cli_default_threads_are_measured_and_named(
+    tmp_path: Path, fake_bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bitnet.tools import threads
+
+    monkeypatch.setattr(threads, "measure_llama_bench", lambda path, t: 10.0 + t)  # 2 is fastest
+    monkeypatch.setattr(threads, "physical_cores", lambda: 2)
+    monkeypatch.setattr(threads, "cache_file", lambda: tmp_path / "threads.json")
+    model = _gguf(tmp_path / "m.gguf")
+    args = ["bench", "-m", str(model), "-p", "16", "-n", "8", "-r", "2", "--no-bandwidth",
+            "--energy", "estimate", "--json"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    assert sorted({r["threads"] for r in json.loads(result.stdout)["runs"]}) == [1, 2]
+    assert "threads: 2 thread(s), measured fastest here" in result.stderr
+    result = runner.invoke(app, args)
+    assert "threads: 2 thread(s), cached fastest here" in result.stderr
 
 
 def test_cli_table_run(tmp_path: Path, fake_bench) -> None:

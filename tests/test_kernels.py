@@ -189,7 +189,8 @@ def test_quantize_paths_agree(lib: kernels_lib.KernelLib) -> None:
 # --- matrix product -----------------------------------------------------------------------------
 
 # (k, nr, nt): every k the models use plus the edge cases, nr and nt odd and even, below and above
-# every tile size (8 rows / 2 rows × 8 tokens / 4 tokens), and k needing more than one chunk.
+# every tile size (8 rows / 2 rows × 8 tokens / 1 row × 8 tokens), every token tail of an 8-token
+# group (nt % 8 = 1..7), and k needing more than one chunk.
 SHAPES = [
     (128, 1, 1),
     (128, 3, 5),
@@ -200,6 +201,9 @@ SHAPES = [
     (2560, 17, 9),
     (2560, 64, 1),
     (2560, 33, 16),
+    (2560, 9, 14),
+    (256, 3, 15),
+    (384, 5, 12),
     (6912, 5, 17),
     (6912, 64, 3),
     (8192 + 128, 3, 1),
@@ -245,7 +249,7 @@ def test_mul_mat_extremes_do_not_overflow(
 ) -> None:
     # all codes 2 (value +1) with every activation at the int8 limit: the largest |partial sums|
     # any kernel sees (|maddubs pair| = 512 on AVX2; spec fast-kernels §4 "int16 sums")
-    nr, nt = 9, 3
+    nr, nt = 9, 11  # one full 8-token tile and a 3-token tail
     values = np.ones((nr, k), dtype=np.int8)
     acts = blocks_with(np.full((nt, k), act, dtype=np.int8))
     y = lib.mul_mat(pack(values), 1.0, acts)

@@ -1,0 +1,62 @@
+"""tools/threads.py: the default thread count is measured once, cached, re-measured on demand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bitnet.tools import threads as T
+
+
+def _model(tmp_path: Path, size: int = 1000) -> Path:
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"\0" * size)
+    return path
+
+
+def test_physical_cores_counts_core_ids_not_smt_siblings(tmp_path: Path) -> None:
+    for cpu, (pkg, core) in enumerate([(0, 0), (0, 0), (0, 1), (0, 1), (1, 0)]):
+        topo = tmp_path / f"cpu{cpu}" / "topology"
+        topo.mkdir(parents=True)
+        (topo / "physical_package_id").write_text(f"{pkg}\n")
+        (topo / "core_id").write_text(f"{core}\n")
+    assert T.physical_cores(tmp_path) == 3
+    assert T.candidates(3, 6) == [3, 2, 6]
+    assert T.candidates(1, 1) == [1]
+
+
+def test_measured_once_then_cached_then_remeasured(tmp_path: Path) -> None:
+    model = _model(tmp_path)
+    calls: list[int] = []
+    speeds = {4: 10.0, 3: 12.0, 8: 9.0}
+
+    def measure(path: Path, t: int) -> float:
+        calls.append(t)
+        return speeds[t]
+
+    kw = dict(cache_dir=tmp_path, measure=measure, physical=4, logical=8)
+    first = T.choose_threads(model, **kw)
+    assert (first.threads, first.source, calls) == (3, "measured", [4, 3, 8])
+    assert "3 thread(s), measured fastest here" in first.describe()
+    again = T.choose_threads(model, **kw)
+    assert (again.threads, again.source, again.figures) == (3, "cached", speeds)
+    assert calls == [4, 3, 8]  # no new measurement
+    speeds[4] = 20.0
+    redo = T.choose_threads(model, remeasure=True, **kw)
+    assert (redo.threads, redo.source) == (4, "measured")
+    data = json.loads((tmp_path / T.CACHE_NAME).read_text())
+    assert [v["threads"] for v in data.values()] == [4]
+    # a model of another size class is measured on its own
+    (tmp_path / "big").mkdir()
+    other = T.choose_threads(_model(tmp_path / "big", 1 << 20), **kw)
+    assert other.source == "measured"
+    assert len(json.loads((tmp_path / T.CACHE_NAME).read_text())) == 2
+
+
+def test_nothing_measurable_falls_back_to_physical_cores(tmp_path: Path) -> None:
+    def broken(path: Path, t: int) -> float:
+        raise RuntimeError("no build")
+
+    choice = T.choose_threads(_model(tmp_path), tmp_path, measure=broken, physical=2, logical=2)
+    assert (choice.threads, choice.source) == (2, "physical cores")
+    assert not (tmp_path / T.CACHE_NAME).exists()
