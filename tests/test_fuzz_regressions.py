@@ -65,7 +65,12 @@ def test_seeds_run(seeds: dict[str, Path], qtype: str) -> None:
     [
         ("tl2", 4, struct.pack("<I", 7), "records tiles (BM 7, BK 96, bm 32) that cannot tile it"),
         ("tl1", 8, struct.pack("<I", 100), "that cannot tile it"),
-        ("tl2", 4, struct.pack("<III", 64, 192, 32), "recorded tiles that this build has no TL"),
+        (
+            "tl2",
+            4,
+            struct.pack("<III", 128, 96, 32),
+            "tiles (BM 128, BK 96, bm 32) that this build has no TL",
+        ),
         ("tl2", 0, struct.pack("<f", float("nan")), "has a non-finite scale"),
         ("i2_s", 0, struct.pack("<f", float("inf")), "has a non-finite scale"),
     ],

@@ -127,11 +127,17 @@ int ggml_bitnet_check_weight(const struct ggml_tensor * t, const void * data, ch
             return 1;
         }
         if (tl_find(code, M, K, recorded ? &rec : NULL) == NULL) {
-            snprintf(msg, msg_size, "%s tensor '%s' has shape (M = %lld, K = %lld) and %s tiles "
-                     "that this build has no TL kernel for (shape set %s); rebuild with: python "
+            char tiles[96];
+            if (recorded) {
+                snprintf(tiles, sizeof tiles, "tiles (BM %d, BK %d, bm %d)", (int) rec.BM,
+                         (int) rec.BK, (int) rec.bm);
+            } else {
+                snprintf(tiles, sizeof tiles, "default tiles (none recorded)");
+            }
+            snprintf(msg, msg_size, "%s tensor '%s' has shape (M = %lld, K = %lld) and %s that "
+                     "this build has no TL kernel for (shape set %s); rebuild with: python "
                      "setup_env.py --tl-shapes MODEL (or convert with --outtype i2_s)", type,
-                     t->name, (long long) M, (long long) K, recorded ? "recorded" : "default",
-                     BITNET_TL_SHAPES_DIGEST);
+                     t->name, (long long) M, (long long) K, tiles, BITNET_TL_SHAPES_DIGEST);
             return 1;
         }
         scale = bitnet_tl_scale(code, (const uint8_t *) data, M, K);
