@@ -12,6 +12,7 @@ from bitnet.tools.errors import BitnetError, UsageError
 
 from . import _output as out
 from ._errors import handle_errors
+from ._options import SeedOption, TempOption, TopKOption, TopPOption
 
 if TYPE_CHECKING:
     from bitnet.tools.chat import ChatSession, Command
@@ -44,14 +45,10 @@ def chat(
         int,
         typer.Option("-c", "--ctx-size", metavar="N", help="Context in tokens (history + reply)."),
     ] = 4096,
-    temp: Annotated[
-        float, typer.Option("--temp", metavar="T", help="Temperature; 0 = greedy.")
-    ] = 0.8,
-    top_k: Annotated[int, typer.Option("--top-k", metavar="K", help="Top-k sampling.")] = 40,
-    top_p: Annotated[float, typer.Option("--top-p", metavar="P", help="Top-p sampling.")] = 0.95,
-    seed: Annotated[
-        int, typer.Option("--seed", metavar="N", help="Sampling seed (-1 = random).")
-    ] = -1,
+    temp: TempOption = 0.8,
+    top_k: TopKOption = 40,
+    top_p: TopPOption = 0.95,
+    seed: SeedOption = -1,
 ) -> None:
     """Chat with a GGUF model in the terminal.
 

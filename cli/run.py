@@ -10,6 +10,7 @@ from bitnet.tools import runtime
 from bitnet.tools.store import resolve_model
 
 from ._errors import handle_errors
+from ._options import SeedOption, TempOption, TopKOption, TopPOption
 from ._threads import RetuneOption, default_threads
 
 
@@ -43,14 +44,10 @@ def run(
     ctx_size: Annotated[
         int, typer.Option("-c", "--ctx-size", metavar="N", help="Context in tokens.")
     ] = 2048,
-    temp: Annotated[
-        float, typer.Option("--temp", metavar="T", help="Temperature; 0 = greedy.")
-    ] = 0.8,
-    top_k: Annotated[int, typer.Option("--top-k", metavar="K", help="Top-k sampling.")] = 40,
-    top_p: Annotated[float, typer.Option("--top-p", metavar="P", help="Top-p sampling.")] = 0.95,
-    seed: Annotated[
-        int, typer.Option("--seed", metavar="N", help="Sampling seed (-1 = random).")
-    ] = -1,
+    temp: TempOption = 0.8,
+    top_k: TopKOption = 40,
+    top_p: TopPOption = 0.95,
+    seed: SeedOption = -1,
     chat: Annotated[
         bool, typer.Option("--chat", help="Wrap the prompt in the model's chat template.")
     ] = False,
