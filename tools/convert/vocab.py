@@ -73,7 +73,7 @@ class Vocab:
         ]
         if self.scores:
             items.append((Keys.TOKENIZER_SCORES, self.scores, GGUFValueType.FLOAT32))
-        if self.merges:
+        if self.merges or self.model == "gpt2":  # llama.cpp's BPE needs the key, even empty
             items.append((Keys.TOKENIZER_MERGES, self.merges, GGUFValueType.STRING))
         for key, value in (
             (Keys.TOKENIZER_BOS_ID, self.bos_id),
