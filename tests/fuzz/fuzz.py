@@ -148,15 +148,15 @@ def build(jobs: int | None = None) -> Path:
     make = [tc.cmake, "--build", str(build_dir), "-j", str(jobs), "--target", "llama"]
     say(f"building llama.cpp with ASan + UBSan + coverage in {build_dir} (log: {log_path})")
     with open(log_path, "w") as log:
-        B._run_logged(configure, log, "cmake configure (fuzz)", None, log_path)
-        B._run_logged(make, log, "building llama.cpp (fuzz)", None, log_path)
+        B._run_logged(configure, log, "cmake configure (fuzz)", None, log_path, plan.cache)
+        B._run_logged(make, log, "building llama.cpp (fuzz)", None, log_path, plan.cache)
         link = [
             cxx, *CFLAGS.split(), "-fsanitize=fuzzer", "-std=c++17", str(HARNESS),
             "-I", str(plan.source / "include"), "-I", str(plan.source / "ggml" / "include"),
             "-Wl,--start-group", *(str(build_dir / lib) for lib in LIBS), "-Wl,--end-group",
             "-lpthread", "-ldl", "-lm", "-o", str(exe),
         ]  # fmt: skip
-        B._run_logged(link, log, "linking the fuzz harness", None, log_path)
+        B._run_logged(link, log, "linking the fuzz harness", None, log_path, plan.cache)
     stamp_file.write_text(json.dumps({"stamp": stamp, "built_in_s": time.perf_counter() - start}))
     say(f"built {exe} in {time.perf_counter() - start:.0f} s")
     return exe
