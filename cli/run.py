@@ -74,8 +74,8 @@ def run(
     Tokens stream to stdout as they are produced; generation stops at the end of the turn.
     """
     path = resolve_model(model)
+    reader = runtime.check_model(path)  # a bad file is one error before threads are measured
     if threads is None:
-        runtime.check_model(path)
         threads = default_threads(path, retune_threads)
     opts = runtime.GenerationOptions(
         n_predict=n_predict,
@@ -90,4 +90,4 @@ def run(
         display_prompt=display_prompt,
         extra=list(extra or []),
     )
-    runtime.generate(path, prompt, opts)
+    runtime.generate(path, prompt, opts, reader)

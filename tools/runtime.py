@@ -143,9 +143,12 @@ def explain_log(lines: collections.abc.Iterable[str]) -> str:
     return lines[-1] if lines else ""
 
 
-def generate(model: Path, prompt: str, opts: GenerationOptions) -> None:
-    """Generate text for `prompt`, streaming it to stdout as it is produced."""
-    reader = check_model(model)
+def generate(
+    model: Path, prompt: str, opts: GenerationOptions, reader: GGUFReader | None = None
+) -> None:
+    """Generate text for `prompt`, streaming it to stdout as it is produced. `reader`: the
+    model's reader when the caller has checked it already (the file is parsed once)."""
+    reader = reader or check_model(model)
     cmd = completion_command(Path(model), prompt, opts)
     check_tl_served(Path(model), Path(cmd[0]), reader)
     run_streaming(cmd, "llama-completion")
