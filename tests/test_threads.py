@@ -60,3 +60,30 @@ def test_nothing_measurable_falls_back_to_physical_cores(tmp_path: Path) -> None
     choice = T.choose_threads(_model(tmp_path), tmp_path, measure=broken, physical=2, logical=2)
     assert (choice.threads, choice.source) == (2, "physical cores")
     assert not (tmp_path / T.CACHE_NAME).exists()
+
+
+def test_known_threads_never_measures(tmp_path: Path, monkeypatch) -> None:
+    """`bitnet.load`'s default: the cached figure, else the physical cores."""
+    model = _model(tmp_path)
+    monkeypatch.setattr(T, "physical_cores", lambda: 3)
+    monkeypatch.setattr(T, "measure_llama_bench", _no_measurement)
+    first = T.known_threads(model, tmp_path)
+    assert (first.threads, first.source) == (3, "physical cores")
+    assert first.describe(3).endswith(
+        "physical cores (not measured); prompts: 3 (the physical cores)"
+    )
+    T.choose_threads(model, tmp_path, measure=lambda p, t: 2.0 if t == 2 else 1.0)
+    cached = T.known_threads(model, tmp_path)
+    assert (cached.threads, cached.source) == (2, "cached")
+    (tmp_path / T.CACHE_NAME).write_text(json.dumps({cached.key: {"threads": "x"}}))
+    assert T.cached_choice(model, tmp_path) is None  # a hand-broken entry is no choice
+
+
+def test_threads_given_after_the_double_dash_are_seen() -> None:
+    assert T.gives_threads(["-t", "3"]) and T.gives_threads(["--threads=3"])
+    assert T.gives_threads(["--threads", "3"])
+    assert not T.gives_threads(["-tb", "3", "--threads-batch", "2", "-c", "64"])
+
+
+def _no_measurement(path: Path, t: int) -> float:
+    raise AssertionError("measured")

@@ -2,7 +2,9 @@
 
     choice = choose_threads(model)          # cached figure, else measure now and cache it
     choice.threads, choice.source           # e.g. 2, "measured" | "cached"
-    choose_threads(model, remeasure=True)   # measure again (`bitnet run/bench --retune-threads`)
+    choose_threads(model, remeasure=True)   # measure again (`--retune-threads`)
+    known_threads(model)                    # cached figure, else the physical cores: never measures
+
 
 Start: the physical cores (SMT siblings share one core's vector units, so decode — memory-bound —
 rarely gains from them, and a thread more than the cores spins at every barrier). Candidates:
@@ -11,6 +13,9 @@ machine) and the logical CPUs when SMT doubles them. Each is timed with a short 
 decode (`-p 0 -n 16 -r 2`); the fastest tg wins. Results are cached per machine (CPU model,
 logical CPUs) and model size class (the log2 of the GGUF's bytes: a 100 MB and a 1 GB model may
 want different counts) in `$BITNET_CACHE/threads.json`.
+
+This is the decode count (`-t`). Prompt processing is compute-bound and uses every physical core
+(`-tb`, `prompt_threads()`): what suits a memory-bound decode on a busy machine would only slow it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,12 +42,14 @@ class ThreadChoice:
     figures: dict[int, float] = field(default_factory=dict)  # threads -> tg t/s
     key: str = ""
 
-    def describe(self) -> str:
+    def describe(self, prompt: int | None = None) -> str:
+        """How the count was chosen; with `prompt`, the prompt-processing count too."""
+        also = f"; prompts: {prompt} (the physical cores)" if prompt else ""
         if self.source == "physical cores":
-            return f"{self.threads} thread(s): the physical cores (not measured)"
+            return f"{self.threads} thread(s): the physical cores (not measured){also}"
         figs = ", ".join(f"{t}t {v:.1f}" for t, v in sorted(self.figures.items()))
         again = "; --retune-threads measures again" if self.source == "cached" else ""
-        return f"{self.threads} thread(s), {self.source} fastest here (tg t/s: {figs}){again}"
+        return f"{self.threads} thread(s), {self.source} fastest here (tg t/s: {figs}){also}{again}"
 
 
 def physical_cores(root: Path = Path("/sys/devices/system/cpu")) -> int:
@@ -56,6 +63,16 @@ def physical_cores(root: Path = Path("/sys/devices/system/cpu")) -> int:
             continue
         cores.add((pkg, core))
     return len(cores) or os.cpu_count() or 1
+
+
+def prompt_threads() -> int:
+    """Threads for prompt processing (llama.cpp's `-tb`): the physical cores."""
+    return physical_cores()
+
+
+def gives_threads(args: Iterable[str]) -> bool:
+    """True when llama.cpp arguments (after `--`) set the decode thread count themselves."""
+    return any(a in ("-t", "--threads") or a.startswith("--threads=") for a in args)
 
 
 def candidates(physical: int, logical: int) -> list[int]:
@@ -113,6 +130,26 @@ def measure_llama_bench(model: Path, threads: int) -> float:
     return speeds[0]
 
 
+def cached_choice(
+    model: Path, cache_dir: Path | None = None, logical: int | None = None
+) -> ThreadChoice | None:
+    """The choice cached for this machine and `model`'s size class, None when never measured."""
+    path = cache_dir / CACHE_NAME if cache_dir else cache_file()
+    key = cache_key(model, logical)
+    hit = _read_cache(path).get(key)
+    try:
+        figs = {int(t): float(v) for t, v in hit["figures"].items()}
+        return ThreadChoice(int(hit["threads"]), "cached", figs, key)
+    except (TypeError, KeyError, ValueError, AttributeError):  # absent or hand-edited badly
+        return None
+
+
+def known_threads(model: Path, cache_dir: Path | None = None) -> ThreadChoice:
+    """The cached choice, else the physical cores: what a caller that must not spend seconds
+    measuring (`bitnet.load`, a server start while other models serve requests) uses."""
+    return cached_choice(model, cache_dir) or ThreadChoice(physical_cores(), "physical cores")
+
+
 def choose_threads(
     model: Path,
     cache_dir: Path | None = None,
@@ -130,13 +167,10 @@ def choose_threads(
     measure = measure or measure_llama_bench
     physical = physical or physical_cores()
     logical = logical or os.cpu_count() or physical
+    if not remeasure and (hit := cached_choice(model, cache_dir, logical)) is not None:
+        return hit
     path = cache_dir / CACHE_NAME if cache_dir else cache_file()
     key = cache_key(model, logical)
-    data = _read_cache(path)
-    hit = data.get(key)
-    if hit and not remeasure:
-        figs = {int(t): float(v) for t, v in hit.get("figures", {}).items()}
-        return ThreadChoice(int(hit["threads"]), "cached", figs, key)
 
     figures: dict[int, float] = {}
     for t in counts or candidates(physical, logical):
@@ -148,6 +182,7 @@ def choose_threads(
         return ThreadChoice(physical, "physical cores", {}, key)
     best = max(figures, key=lambda t: figures[t])
     choice = ThreadChoice(best, "measured", figures, key)
+    data = _read_cache(path)
     data[key] = {"threads": best, "figures": {str(t): v for t, v in figures.items()}}
     with atomic_output(path, force=True) as tmp:
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
