@@ -1,4 +1,5 @@
-"""tools/threads.py: the default thread count is measured once, cached, re-measured on demand."""
+"""tools/threads.py: the default thread count is measured once, cached, re-measured on demand;
+and `bitnet run` takes it (serve, chat, load: in their own test files)."""
 
 from __future__ import annotations
 
@@ -87,3 +88,27 @@ def test_threads_given_after_the_double_dash_are_seen() -> None:
 
 def _no_measurement(path: Path, t: int) -> float:
     raise AssertionError("measured")
+
+
+def test_run_takes_the_measured_count_and_all_cores_for_prompts(
+    small_gguf: Path, fake_threads: list, monkeypatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from bitnet.cli.app import app
+    from bitnet.tools import runtime
+
+    seen: list[runtime.GenerationOptions] = []
+    monkeypatch.setattr(runtime, "generate", lambda path, prompt, opts, reader: seen.append(opts))
+    monkeypatch.setattr(runtime, "find_binary", lambda name: Path("/opt") / name)
+    res = CliRunner().invoke(app, ["run", "-m", str(small_gguf), "-p", "hi"])
+    assert res.exit_code == 0, res.stderr
+    assert "threads: 1 thread(s), measured fastest here" in res.stderr
+    cmd = runtime.completion_command(small_gguf, "hi", seen[-1])
+    assert cmd[cmd.index("-t") + 1 :][:4] == ["1", "-tb", "2", "-no-cnv"]
+    measured = len(fake_threads)
+    for given in (["-t", "3"], ["--", "--threads", "3"]):  # no measurement, llama.cpp's -tb
+        res = CliRunner().invoke(app, ["run", "-m", str(small_gguf), "-p", "hi", *given])
+        assert res.exit_code == 0 and "threads:" not in res.stderr
+        assert "-tb" not in runtime.completion_command(small_gguf, "hi", seen[-1])
+    assert len(fake_threads) == measured
