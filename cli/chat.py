@@ -59,14 +59,13 @@ def chat(
     from bitnet.tools.chat import ChatSession
     from bitnet.tools.runtime import check_model
     from bitnet.tools.store import resolve_model
-    from bitnet.tools.threads import prompt_threads
 
     path = resolve_model(model)
     reader = check_model(path)  # a bad file is one error before threads are measured
     threads_batch = None
     if threads is None:
-        threads_batch = prompt_threads()
-        threads = default_threads(path, retune_threads, threads_batch)
+        choice = default_threads(path, retune_threads, prompt=True)
+        threads, threads_batch = choice.threads, choice.prompt
     with bitnet.load(
         path,
         n_threads=threads,

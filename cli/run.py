@@ -8,7 +8,7 @@ import typer
 
 from bitnet.tools import runtime
 from bitnet.tools.store import resolve_model
-from bitnet.tools.threads import gives_threads, prompt_threads
+from bitnet.tools.threads import gives_threads
 
 from ._errors import handle_errors
 from ._options import SeedOption, TempOption, TopKOption, TopPOption
@@ -70,8 +70,8 @@ def run(
     reader = runtime.check_model(path)  # a bad file is one error before threads are measured
     threads_batch = None
     if threads is None and not gives_threads(extra or ()):
-        threads_batch = prompt_threads()
-        threads = default_threads(path, retune_threads, threads_batch)
+        choice = default_threads(path, retune_threads, prompt=True)
+        threads, threads_batch = choice.threads, choice.prompt
     opts = runtime.GenerationOptions(
         n_predict=n_predict,
         threads=threads,

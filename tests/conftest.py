@@ -72,14 +72,15 @@ def tl_path(request: pytest.FixtureRequest, tl):
 @pytest.fixture
 def fake_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     """The thread-count measurement injected (tools/threads.py): 2 physical cores, 1 thread
-    fastest, the cache under tmp_path; returns the (model file name, threads) measured."""
+    fastest for decode and 2 for prompts, the cache under tmp_path; returns the (model file
+    name, threads) measured."""
     from bitnet.tools import threads
 
     calls: list[tuple[str, int]] = []
 
-    def measure(path: Path, t: int) -> float:
+    def measure(path: Path, t: int) -> tuple[float, float]:
         calls.append((path.name, t))
-        return 10.0 - t
+        return 10.0 - t, 50.0 - abs(t - 2)
 
     monkeypatch.setattr(threads, "measure_llama_bench", measure)
     monkeypatch.setattr(threads, "physical_cores", lambda: 2)

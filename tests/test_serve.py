@@ -144,45 +144,43 @@ def _flag(cmd: list[str], flag: str) -> list[str]:
     return [cmd[i + 1] for i, a in enumerate(cmd) if a == flag]
 
 
-def test_each_model_gets_the_measured_decode_threads_and_all_cores_for_prompts(
-    pool_parts, fake_threads
-):
+def test_each_model_gets_the_measured_decode_and_prompt_threads(pool_parts, fake_threads):
     pool, (a, b), logs = pool_parts
     p = pool()
-    cmd = B.server_command(a, 1234, p.opts, p._decode_threads(a))
-    assert (_flag(cmd, "-t"), _flag(cmd, "-tb")) == (["1"], ["2"])  # 1 measured fastest, 2 cores
+    cmd = B.server_command(a, 1234, p.opts, p._thread_choice(a))
+    assert (_flag(cmd, "-t"), _flag(cmd, "-tb")) == (["1"], ["2"])  # as measured fastest
     assert [t for _, t in fake_threads][:2] == [2, 1]
     assert logs[0].startswith("a:latest: threads: 1 thread(s), measured fastest here")
-    assert "prompts: 2 (the physical cores)" in logs[0]
+    assert "prompts: 2 (pp t/s:" in logs[0]
     measured = len(fake_threads)
-    assert p._decode_threads(b) == 1 and len(fake_threads) == measured  # same size: cached
+    assert p._thread_choice(b).threads == 1 and len(fake_threads) == measured  # cached
     assert "b:latest: threads: 1 thread(s), cached fastest here" in logs[1]
 
 
 def test_threads_the_user_gives_are_kept(pool_parts, fake_threads):
     pool, (a, _), logs = pool_parts
     p = pool(threads=3)
-    assert p._decode_threads(a) is None
+    assert p._thread_choice(a) is None
     cmd = B.server_command(a, 1234, p.opts, None)
     assert (_flag(cmd, "-t"), _flag(cmd, "-tb")) == (["3"], ["3"])
     p = pool(extra=("-t", "4"))  # after `--`: llama-server's own -tb default (= -t) applies
-    assert p._decode_threads(a) is None
+    assert p._thread_choice(a) is None
     assert B.server_command(a, 1234, p.opts, None)[-2:] == ["-t", "4"]
     p = pool(extra=("-tb", "1"))  # a prompt count after `--` comes last, so it wins
-    cmd = B.server_command(a, 1234, p.opts, p._decode_threads(a))
+    cmd = B.server_command(a, 1234, p.opts, p._thread_choice(a))
     assert _flag(cmd, "-tb") == ["2", "1"] and cmd[-2:] == ["-tb", "1"]
     assert not logs[:-1] and fake_threads  # only the last pool chose (and measured)
 
 
 def test_retune_measures_once_per_size_class(pool_parts, fake_threads):
     pool, (a, b), logs = pool_parts
-    pool()._decode_threads(a)  # measured and cached
+    pool()._thread_choice(a)  # measured and cached
     first = len(fake_threads)
     p = pool(retune_threads=True)
-    p._decode_threads(a)
+    p._thread_choice(a)
     assert len(fake_threads) == 2 * first and "measured fastest here" in logs[-1]
-    p._decode_threads(b)
-    p._decode_threads(a)  # a restart later in this server's life
+    p._thread_choice(b)
+    p._thread_choice(a)  # a restart later in this server's life
     assert len(fake_threads) == 2 * first and "cached fastest here" in logs[-1]
 
 
@@ -190,10 +188,11 @@ def test_no_measurement_while_other_models_serve(pool_parts, fake_threads):
     pool, (a, b), logs = pool_parts
     p = pool()
     p._loaded[b.name] = B.Backend(entry=b, port=0, proc=None, active=1)  # type: ignore[arg-type]
-    assert p._decode_threads(a) == 2 and not fake_threads  # the physical cores, not cached
+    busy = p._thread_choice(a)  # the physical cores, not cached
+    assert (busy.threads, busy.prompt, fake_threads) == (2, 2, [])
     assert logs[-1].endswith("not measured while b:latest served requests")
     p._loaded[b.name].active = 0
-    assert p._decode_threads(a) == 1 and fake_threads  # quiet now: measured
+    assert p._thread_choice(a).threads == 1 and fake_threads  # quiet now: measured
 
 
 def test_a_first_measurement_holds_up_no_other_model(pool_parts, monkeypatch):
@@ -205,10 +204,10 @@ def test_a_first_measurement_holds_up_no_other_model(pool_parts, monkeypatch):
     pool, (a, b), _ = pool_parts
     started, go = threading.Event(), threading.Event()
 
-    def slow_measure(path: Path, t: int) -> float:
+    def slow_measure(path: Path, t: int) -> tuple[float, float]:
         started.set()
         go.wait(timeout=30)
-        return 1.0
+        return 1.0, 1.0
 
     def no_spawn(cmd: list[str], stdout: Any) -> None:
         raise B.LoadError("not started in this test")

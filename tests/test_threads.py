@@ -31,14 +31,18 @@ def test_measured_once_then_cached_then_remeasured(tmp_path: Path) -> None:
     calls: list[int] = []
     speeds = {4: 10.0, 3: 12.0, 8: 9.0}
 
-    def measure(path: Path, t: int) -> float:
+    def measure(path: Path, t: int) -> tuple[float, float]:
         calls.append(t)
-        return speeds[t]
+        return speeds[t], 100.0 / t  # prompts: 3 threads fastest of the three
 
     kw = dict(cache_dir=tmp_path, measure=measure, physical=4, logical=8)
     first = T.choose_threads(model, **kw)
-    assert (first.threads, first.source, calls) == (3, "measured", [4, 3, 8])
-    assert "3 thread(s), measured fastest here" in first.describe()
+    assert (first.threads, first.prompt, first.source) == (3, 3, "measured")
+    assert calls == [4, 3, 8]
+    assert (
+        first.describe() == "3 thread(s), measured fastest here (tg t/s: 3t 12.0, 4t 10.0, 8t 9.0)"
+    )
+    assert first.describe(prompt=True).endswith("; prompts: 3 (pp t/s: 3t 33.3, 4t 25.0, 8t 12.5)")
     again = T.choose_threads(model, **kw)
     assert (again.threads, again.source, again.figures) == (3, "cached", speeds)
     assert calls == [4, 3, 8]  # no new measurement
@@ -55,11 +59,11 @@ def test_measured_once_then_cached_then_remeasured(tmp_path: Path) -> None:
 
 
 def test_nothing_measurable_falls_back_to_physical_cores(tmp_path: Path) -> None:
-    def broken(path: Path, t: int) -> float:
+    def broken(path: Path, t: int) -> tuple[float, float]:
         raise RuntimeError("no build")
 
     choice = T.choose_threads(_model(tmp_path), tmp_path, measure=broken, physical=2, logical=2)
-    assert (choice.threads, choice.source) == (2, "physical cores")
+    assert (choice.threads, choice.prompt, choice.source) == (2, 2, "physical cores")
     assert not (tmp_path / T.CACHE_NAME).exists()
 
 
@@ -69,15 +73,14 @@ def test_known_threads_never_measures(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(T, "physical_cores", lambda: 3)
     monkeypatch.setattr(T, "measure_llama_bench", _no_measurement)
     first = T.known_threads(model, tmp_path)
-    assert (first.threads, first.source) == (3, "physical cores")
-    assert first.describe(3).endswith(
-        "physical cores (not measured); prompts: 3 (the physical cores)"
-    )
-    T.choose_threads(model, tmp_path, measure=lambda p, t: 2.0 if t == 2 else 1.0)
+    assert (first.threads, first.prompt, first.source) == (3, 3, "physical cores")
+    assert first.describe(prompt=True).endswith("physical cores (not measured); prompts: 3")
+    T.choose_threads(model, tmp_path, measure=lambda p, t: (2.0 if t == 2 else 1.0, 9 - abs(t - 3)))
     cached = T.known_threads(model, tmp_path)
-    assert (cached.threads, cached.source) == (2, "cached")
-    (tmp_path / T.CACHE_NAME).write_text(json.dumps({cached.key: {"threads": "x"}}))
-    assert T.cached_choice(model, tmp_path) is None  # a hand-broken entry is no choice
+    assert (cached.threads, cached.prompt, cached.source) == (2, 3, "cached")
+    for broken in ({"threads": "x"}, {"threads": 2, "figures": {"2": 1.0}}):  # bad, or older
+        (tmp_path / T.CACHE_NAME).write_text(json.dumps({cached.key: broken}))
+        assert T.cached_choice(model, tmp_path) is None
 
 
 def test_threads_given_after_the_double_dash_are_seen() -> None:
@@ -86,7 +89,7 @@ def test_threads_given_after_the_double_dash_are_seen() -> None:
     assert not T.gives_threads(["-tb", "3", "--threads-batch", "2", "-c", "64"])
 
 
-def _no_measurement(path: Path, t: int) -> float:
+def _no_measurement(path: Path, t: int) -> tuple[float, float]:
     raise AssertionError("measured")
 
 
@@ -104,6 +107,7 @@ def test_run_takes_the_measured_count_and_all_cores_for_prompts(
     res = CliRunner().invoke(app, ["run", "-m", str(small_gguf), "-p", "hi"])
     assert res.exit_code == 0, res.stderr
     assert "threads: 1 thread(s), measured fastest here" in res.stderr
+    assert "prompts: 2 (pp t/s: 1t 49.0, 2t 50.0" in res.stderr
     cmd = runtime.completion_command(small_gguf, "hi", seen[-1])
     assert cmd[cmd.index("-t") + 1 :][:4] == ["1", "-tb", "2", "-no-cnv"]
     measured = len(fake_threads)

@@ -102,13 +102,14 @@ class LLM:
         verbose: bool | None = None,
         reader: GGUFReader | None = None,
     ) -> None:
-        """`n_threads` None: the count `bitnet run/chat/serve/bench` measured fastest here for
-        this model's size class (cached in `$BITNET_CACHE/threads.json`), else the physical
-        cores; nothing is measured here (a library call does not spend seconds timing
+        """`n_threads` None: the decode count `bitnet run/chat/serve/bench` measured fastest
+        here for this model's size class (cached in `$BITNET_CACHE/threads.json`), else the
+        physical cores; nothing is measured here (a library call does not spend seconds timing
         llama-bench). `n_threads_batch` (prompt processing) None: `n_threads` when given, else
-        the physical cores. `reader`: the file's GGUFReader when the caller has checked it."""
+        the cached prompt count, else the physical cores. `reader`: the file's GGUFReader when
+        the caller has checked it already."""
         from .runtime import check_model
-        from .threads import known_threads, physical_cores
+        from .threads import known_threads
 
         self.path = Path(path)
         reader = reader or check_model(self.path)  # missing/corrupt file: one error, before C
@@ -119,8 +120,11 @@ class LLM:
         self._lib = bindings.load()
         verbose = debug_enabled() if verbose is None else verbose
         bindings.echo_log = verbose
-        threads = n_threads or known_threads(self.path).threads
-        threads_batch = n_threads_batch or n_threads or physical_cores()
+        if n_threads:
+            threads, threads_batch = n_threads, n_threads_batch or n_threads
+        else:
+            known = known_threads(self.path)
+            threads, threads_batch = known.threads, n_threads_batch or known.prompt
         try:
             self._llama = self._lib.Llama(
                 model_path=str(self.path),

@@ -25,7 +25,7 @@ from typing import Any
 from ..build import check_tl_served, find_binary
 from ..errors import BitnetError, debug_enabled
 from ..runtime import explain_log, spawn
-from ..threads import cache_key, choose_threads, gives_threads, known_threads, prompt_threads
+from ..threads import ThreadChoice, cache_key, choose_threads, gives_threads, known_threads
 from .catalog import ModelEntry
 
 CHILD_HOST = "127.0.0.1"
@@ -43,9 +43,9 @@ class BusyError(BitnetError):
 class ServerOptions:
     """What every llama-server child gets: threads, context, parallel slots, extra flags.
 
-    `threads` None: each model gets the decode count measured fastest here for its size class
-    (tools/threads.py; measured at its first start, cached) and every physical core for prompts.
-    A count the user gives (here or as `-t` in `extra`) is used for both, as llama-server does.
+    `threads` None: each model gets the decode and prompt counts measured fastest here for its
+    size class (tools/threads.py; measured at its first start, cached) as `-t` and `-tb`. A count
+    the user gives (here or as `-t` in `extra`) is used for both, as llama-server does.
     """
 
     threads: int | None = None
@@ -113,10 +113,10 @@ class Backend:
 
 
 def server_command(
-    entry: ModelEntry, port: int, opts: ServerOptions, decode_threads: int | None = None
+    entry: ModelEntry, port: int, opts: ServerOptions, choice: ThreadChoice | None = None
 ) -> list[str]:
-    """The llama-server command line for one model; `decode_threads` is the chosen default
-    (used when `opts.threads` is None), with every physical core for prompts (`-tb`)."""
+    """The llama-server command line for one model; `choice`: the default thread counts (used
+    when `opts.threads` is None)."""
     cmd = [
         str(find_binary("llama-server")),
         "-m", str(entry.path),
@@ -130,8 +130,8 @@ def server_command(
     ]  # fmt: skip
     if opts.threads:
         cmd += ["-t", str(opts.threads), "-tb", str(opts.threads)]
-    elif decode_threads:
-        cmd += ["-t", str(decode_threads), "-tb", str(prompt_threads())]
+    elif choice:
+        cmd += ["-t", str(choice.threads), "-tb", str(choice.prompt or choice.threads)]
     return cmd + list(opts.extra)  # last: a flag given after `--` wins
 
 
@@ -239,9 +239,9 @@ class Pool:
         """Start llama-server for `entry` and wait until /health says it is ready."""
         binary = find_binary("llama-server")
         check_tl_served(entry.path, binary)
-        decode = self._decode_threads(entry)
+        choice = self._thread_choice(entry)
         port = free_port()
-        cmd = server_command(entry, port, self.opts, decode)
+        cmd = server_command(entry, port, self.opts, choice)
         proc = spawn(cmd, stdout=subprocess.DEVNULL)
         b = Backend(entry=entry, port=port, proc=proc)
         threading.Thread(target=_drain, args=(b,), daemon=True).start()
@@ -266,8 +266,8 @@ class Pool:
         b.n_ctx = int(props.get("default_generation_settings", {}).get("n_ctx", 0))
         return b
 
-    def _decode_threads(self, entry: ModelEntry) -> int | None:
-        """The default decode thread count for `entry` (None when the user set one), logged.
+    def _thread_choice(self, entry: ModelEntry) -> ThreadChoice | None:
+        """The default thread counts for `entry` (None when the user set one), logged.
 
         Only this loading thread waits for a measurement (the pool's lock is free meanwhile),
         but llama-bench would share the cores with requests other models are serving, slowing
@@ -285,8 +285,8 @@ class Pool:
                 self._retuned.add(key)
                 choice = choose_threads(entry.path, remeasure=retune)
         note = f"; not measured while {', '.join(busy)} served requests" if busy else ""
-        self.log("info", f"{entry.name}: threads: {choice.describe(prompt_threads())}{note}")
-        return choice.threads
+        self.log("info", f"{entry.name}: threads: {choice.describe(prompt=True)}{note}")
+        return choice
 
 
 def _load_reason(tail: collections.abc.Iterable[str]) -> str:
