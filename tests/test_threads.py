@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+from native_helpers import binary
+
 from bitnet.tools import threads as T
 
 
@@ -93,7 +96,7 @@ def _no_measurement(path: Path, t: int) -> tuple[float, float]:
     raise AssertionError("measured")
 
 
-def test_run_takes_the_measured_count_and_all_cores_for_prompts(
+def test_run_takes_the_measured_decode_and_prompt_counts(
     small_gguf: Path, fake_threads: list, monkeypatch
 ) -> None:
     from typer.testing import CliRunner
@@ -116,3 +119,16 @@ def test_run_takes_the_measured_count_and_all_cores_for_prompts(
         assert res.exit_code == 0 and "threads:" not in res.stderr
         assert "-tb" not in runtime.completion_command(small_gguf, "hi", seen[-1])
     assert len(fake_threads) == measured
+
+
+@pytest.mark.native
+def test_llama_bench_gives_decode_and_prompt_speeds(tiny_packed: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from bitnet.cli.app import app
+
+    binary("llama-bench")
+    gguf = tmp_path / "tiny.gguf"
+    assert CliRunner().invoke(app, ["convert", str(tiny_packed), "-o", str(gguf)]).exit_code == 0
+    tg, pp = T.measure_llama_bench(gguf, 1)
+    assert tg > 0 and pp > 0
