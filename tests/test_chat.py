@@ -222,7 +222,7 @@ def test_a_model_without_chat_template_is_refused(tiny_gguf, tmp_path):
     for name, t in r.tensors.items():
         w.add_tensor(name, t.shape, t.type_id, t.nbytes)
     w.write(lambda name: np.asarray(r.data(name)))
-    res = CliRunner().invoke(app, ["chat", "-m", str(out), "-c", "64"])
+    res = CliRunner().invoke(app, ["chat", "-m", str(out), "-c", "64", "-t", "1"])
     assert res.exit_code == 2, res.stderr
     assert "has no chat template" in res.stderr and "Traceback" not in res.stderr
 
