@@ -25,10 +25,12 @@ def load(path: str | Path, **options: Any) -> LLM:
 
     `path` is a GGUF file or the name of a model in the store (`bitnet pull`, `bitnet list`).
 
-    Options: `n_threads` (default: all cores), `n_ctx` (context in tokens, prompt + reply; 2048),
-    `n_batch` (prompt tokens per evaluation step; 512), `seed` (sampling seed; -1: random),
-    `verbose` (llama.cpp's log on stderr; default: only with BITNET_DEBUG=1). Use it as a
-    context manager (or call `close()`) to free its native memory.
+    Options: `n_threads` (default: the count `bitnet run` measured fastest here, cached, else
+    the physical cores; never measured here), `n_threads_batch` (prompts; default: `n_threads`
+    if given, else the cached prompt count, else the physical cores), `n_ctx` (context in
+    tokens, prompt + reply; 2048), `n_batch` (prompt tokens per evaluation step; 512), `seed`
+    (sampling seed; -1: random), `verbose` (llama.cpp's log on stderr; default: only with
+    BITNET_DEBUG=1). Use it as a context manager (or call `close()`) to free its native memory.
 
         with bitnet.load("model.gguf", n_threads=2) as llm:
             print(llm.generate("Once upon a time", max_tokens=32, temperature=0))

@@ -1,4 +1,4 @@
-"""The default thread count of `bitnet run` and `bitnet bench` (tools/threads.py), said aloud."""
+"""The default thread counts of `bitnet run/chat/serve/bench` (tools/threads.py), said aloud."""
 
 from __future__ import annotations
 
@@ -7,17 +7,28 @@ from typing import Annotated
 
 import typer
 
-from bitnet.tools.threads import choose_threads
+from bitnet.tools.threads import ThreadChoice, choose_threads
 
 from . import _output as out
 
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        "-t",
+        "--threads",
+        metavar="N",
+        help="CPU threads (default: the counts measured fastest here for decode and prompts, "
+        "cached).",
+    ),
+]
 RetuneOption = Annotated[
     bool, typer.Option("--retune-threads", help="Measure the fastest thread count again.")
 ]
 
 
-def default_threads(model: Path, retune: bool) -> int:
-    """The count measured fastest here for `model`'s size (cached), printed to stderr."""
+def default_threads(model: Path, retune: bool, prompt: bool = False) -> ThreadChoice:
+    """The counts measured fastest here for `model`'s size (cached), said on stderr (with
+    `prompt`, the prompt-processing count too)."""
     choice = choose_threads(model, remeasure=retune)
-    out.info(f"threads: {choice.describe()}")
-    return choice.threads
+    out.info(f"threads: {choice.describe(prompt)}")
+    return choice

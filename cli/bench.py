@@ -181,7 +181,7 @@ def bench(
     if not specs:
         raise UsageError("no model to benchmark.", hint="pass -m MODEL.gguf or --compare DIR")
     if threads is None:  # 1 and the fastest count for the first model's size (measured once)
-        opts.threads = sorted({1, default_threads(specs[0].path, retune_threads)})
+        opts.threads = sorted({1, default_threads(specs[0].path, retune_threads).threads})
 
     with out.progress("benchmarking") as bar:
         report = run_bench(specs, opts, progress=bar, skipped=skipped, baseline=baseline)

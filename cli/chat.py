@@ -13,6 +13,7 @@ from bitnet.tools.errors import BitnetError, UsageError
 from . import _output as out
 from ._errors import handle_errors
 from ._options import SeedOption, TempOption, TopKOption, TopPOption
+from ._threads import RetuneOption, ThreadsOption, default_threads
 
 if TYPE_CHECKING:
     from bitnet.tools.chat import ChatSession, Command
@@ -38,9 +39,8 @@ def chat(
             "-n", "--n-predict", metavar="N", help="Tokens per reply at most (-1: no limit)."
         ),
     ] = -1,
-    threads: Annotated[
-        int | None, typer.Option("-t", "--threads", metavar="N", help="CPU threads.")
-    ] = None,
+    threads: ThreadsOption = None,
+    retune_threads: RetuneOption = False,
     ctx_size: Annotated[
         int,
         typer.Option("-c", "--ctx-size", metavar="N", help="Context in tokens (history + reply)."),
@@ -57,8 +57,23 @@ def chat(
     context."""
     import bitnet
     from bitnet.tools.chat import ChatSession
+    from bitnet.tools.runtime import check_model
+    from bitnet.tools.store import resolve_model
 
-    with bitnet.load(model, n_threads=threads, n_ctx=ctx_size, seed=seed) as llm:
+    path = resolve_model(model)
+    reader = check_model(path)  # a bad file is one error before threads are measured
+    threads_batch = None
+    if threads is None:
+        choice = default_threads(path, retune_threads, prompt=True)
+        threads, threads_batch = choice.threads, choice.prompt
+    with bitnet.load(
+        path,
+        n_threads=threads,
+        n_threads_batch=threads_batch,
+        n_ctx=ctx_size,
+        seed=seed,
+        reader=reader,
+    ) as llm:
         llm.apply_chat_template([{"role": "user", "content": "hi"}])  # no template: fail now
         session = ChatSession(
             llm,

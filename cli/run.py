@@ -8,10 +8,11 @@ import typer
 
 from bitnet.tools import runtime
 from bitnet.tools.store import resolve_model
+from bitnet.tools.threads import gives_threads
 
 from ._errors import handle_errors
 from ._options import SeedOption, TempOption, TopKOption, TopPOption
-from ._threads import RetuneOption, default_threads
+from ._threads import RetuneOption, ThreadsOption, default_threads
 
 
 @handle_errors
@@ -31,15 +32,7 @@ def run(
     n_predict: Annotated[
         int, typer.Option("-n", "--n-predict", metavar="N", help="Tokens to generate.")
     ] = 128,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            "-t",
-            "--threads",
-            metavar="N",
-            help="CPU threads (default: the count measured fastest here, cached).",
-        ),
-    ] = None,
+    threads: ThreadsOption = None,
     retune_threads: RetuneOption = False,
     ctx_size: Annotated[
         int, typer.Option("-c", "--ctx-size", metavar="N", help="Context in tokens.")
@@ -75,11 +68,14 @@ def run(
     """
     path = resolve_model(model)
     reader = runtime.check_model(path)  # a bad file is one error before threads are measured
-    if threads is None:
-        threads = default_threads(path, retune_threads)
+    threads_batch = None
+    if threads is None and not gives_threads(extra or ()):
+        choice = default_threads(path, retune_threads, prompt=True)
+        threads, threads_batch = choice.threads, choice.prompt
     opts = runtime.GenerationOptions(
         n_predict=n_predict,
         threads=threads,
+        threads_batch=threads_batch,
         ctx_size=ctx_size,
         temperature=temp,
         top_k=top_k,

@@ -11,6 +11,7 @@ from bitnet.tools.serve.backends import ServerOptions
 
 from . import _output as out
 from ._errors import handle_errors
+from ._threads import RetuneOption, ThreadsOption
 
 
 def _log(kind: str, message: str) -> None:
@@ -36,7 +37,8 @@ def serve(
             "--api-key", envvar="BITNET_API_KEY", help="Key every route but /health requires."
         ),
     ] = None,
-    threads: Annotated[int | None, typer.Option("-t", "--threads", help="CPU threads.")] = None,
+    threads: ThreadsOption = None,
+    retune_threads: RetuneOption = False,
     ctx_size: Annotated[
         int, typer.Option("-c", "--ctx-size", help="Context in tokens per model (all slots).")
     ] = 4096,
@@ -58,7 +60,11 @@ def serve(
     --host says otherwise; stops on Ctrl-C or SIGTERM.
     """
     opts = ServerOptions(
-        threads=threads, ctx_size=ctx_size, parallel=parallel, extra=tuple(extra or ())
+        threads=threads,
+        retune_threads=retune_threads,
+        ctx_size=ctx_size,
+        parallel=parallel,
+        extra=tuple(extra or ()),
     )
     run_server(
         model, host=host, port=port, api_key=api_key, opts=opts, max_loaded=max_loaded, log=_log

@@ -67,3 +67,34 @@ def tl_path(request: pytest.FixtureRequest, tl):
         pytest.skip(f"TL path {request.param} not available on this CPU/build")
     with tl.use(request.param):
         yield request.param
+
+
+@pytest.fixture
+def fake_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """The thread-count measurement injected (tools/threads.py): 2 physical cores, 1 thread
+    fastest for decode and 2 for prompts, the cache under tmp_path; returns the (model file
+    name, threads) measured."""
+    from bitnet.tools import threads
+
+    calls: list[tuple[str, int]] = []
+
+    def measure(path: Path, t: int) -> tuple[float, float]:
+        calls.append((path.name, t))
+        return 10.0 - t, 50.0 - abs(t - 2)
+
+    monkeypatch.setattr(threads, "measure_llama_bench", measure)
+    monkeypatch.setattr(threads, "physical_cores", lambda: 2)
+    monkeypatch.setattr(threads, "cache_file", lambda: tmp_path / threads.CACHE_NAME)
+    return calls
+
+
+@pytest.fixture
+def small_gguf(tmp_path: Path) -> Path:
+    """A GGUF our reader accepts (no tensors): for commands stopped before llama.cpp runs."""
+    from bitnet.tools.gguf import GGUFWriter
+
+    path = tmp_path / "small.gguf"
+    w = GGUFWriter(path)
+    w.add_kv("general.architecture", "bitnet")
+    w.write(lambda name: b"")
+    return path

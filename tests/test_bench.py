@@ -514,7 +514,9 @@ def test_cli_default_threads_are_measured_and_named(
 ) -> None:
     from bitnet.tools import threads
 
-    monkeypatch.setattr(threads, "measure_llama_bench", lambda path, t: 10.0 + t)  # 2 is fastest
+    monkeypatch.setattr(
+        threads, "measure_llama_bench", lambda path, t: (10.0 + t, 1.0)
+    )  # 2 is fastest
     monkeypatch.setattr(threads, "physical_cores", lambda: 2)
     monkeypatch.setattr(threads, "cache_file", lambda: tmp_path / "threads.json")
     model = _gguf(tmp_path / "m.gguf")

@@ -222,6 +222,34 @@ def test_a_model_without_chat_template_is_refused(tiny_gguf, tmp_path):
     for name, t in r.tensors.items():
         w.add_tensor(name, t.shape, t.type_id, t.nbytes)
     w.write(lambda name: np.asarray(r.data(name)))
-    res = CliRunner().invoke(app, ["chat", "-m", str(out), "-c", "64"])
+    res = CliRunner().invoke(app, ["chat", "-m", str(out), "-c", "64", "-t", "1"])
     assert res.exit_code == 2, res.stderr
     assert "has no chat template" in res.stderr and "Traceback" not in res.stderr
+
+
+# --- thread counts (the measurement injected: tests/conftest.py fake_threads) ------------------
+
+
+def test_threads_default_to_the_measured_count(small_gguf, fake_threads, monkeypatch):
+    import bitnet
+
+    loads: list[dict] = []
+
+    def fake_load(path, **options):  # stop before llama.cpp: only the options matter here
+        loads.append(options)
+        raise UsageError("stopped by the test")
+
+    monkeypatch.setattr(bitnet, "load", fake_load)
+    res = CliRunner().invoke(app, ["chat", "-m", str(small_gguf)])
+    assert res.exit_code == 2 and "stopped by the test" in res.stderr
+    assert "threads: 1 thread(s), measured fastest here" in res.stderr
+    assert "prompts: 2 (pp t/s:" in res.stderr
+    assert (loads[0]["n_threads"], loads[0]["n_threads_batch"]) == (1, 2)
+    measured = len(fake_threads)
+    res = CliRunner().invoke(app, ["chat", "-m", str(small_gguf)])
+    assert "cached fastest here" in res.stderr and len(fake_threads) == measured
+    res = CliRunner().invoke(app, ["chat", "-m", str(small_gguf), "--retune-threads"])
+    assert "measured fastest here" in res.stderr and len(fake_threads) == 2 * measured
+    res = CliRunner().invoke(app, ["chat", "-m", str(small_gguf), "-t", "3"])
+    assert "threads:" not in res.stderr and len(fake_threads) == 2 * measured
+    assert (loads[-1]["n_threads"], loads[-1]["n_threads_batch"]) == (3, None)

@@ -240,3 +240,20 @@ def test_library_dir_names_the_fix_when_there_is_no_build(tmp_path, monkeypatch)
     with pytest.raises(BuildError, match="libllama.so") as ei:
         bindings.library_dir()
     assert "setup_env.py" in ei.value.hint
+
+
+@pytest.mark.native
+def test_default_threads_are_the_cached_choice_never_measured(tiny_gguf, fake_threads):
+    import bitnet
+    from bitnet.tools import threads
+
+    with bitnet.load(tiny_gguf, n_ctx=64) as model:  # nothing cached: the physical cores
+        assert (model.n_threads, model.n_threads_batch) == (2, 2)
+    assert not fake_threads
+    threads.choose_threads(tiny_gguf)  # what `bitnet run/chat/serve` leave in the cache
+    measured = len(fake_threads)
+    with bitnet.load(tiny_gguf, n_ctx=64) as model:  # 1 decode thread, every core for prompts
+        assert (model.n_threads, model.n_threads_batch) == (1, 2)
+    with bitnet.load(tiny_gguf, n_threads=2, n_ctx=64) as model:  # explicit: kept, as before
+        assert (model.n_threads, model.n_threads_batch) == (2, 2)
+    assert len(fake_threads) == measured

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,6 +25,7 @@ import pytest
 from native_helpers import binary as _binary
 
 from bitnet.tools.gguf import GGUFWriter
+from bitnet.tools.serve import backends as B
 from bitnet.tools.serve import catalog as C
 from bitnet.tools.serve import ollama as O
 from bitnet.tools.serve.load import LoadSpec, children, run_load, stream_once
@@ -117,6 +119,139 @@ def test_missing_model_file_is_one_error_line(tmp_path):
     )
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert res.stderr.startswith("error: model file") and "try:" in res.stderr
+
+
+# --- thread counts (the measurement injected: tests/conftest.py fake_threads) ------------------
+
+
+@pytest.fixture
+def pool_parts(tmp_path, monkeypatch, fake_threads):
+    """Two models of one size class, a pool factory whose log is kept, no llama-server needed."""
+    monkeypatch.setattr(B, "find_binary", lambda name: Path("/opt/llama-server"))
+    entries = []
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.gguf").write_bytes(b"\0" * 1000)
+        entries.append(C.ModelEntry(name=f"{name}:latest", path=tmp_path / f"{name}.gguf"))
+    logs: list[str] = []
+
+    def pool(**opts: Any) -> B.Pool:
+        return B.Pool(B.ServerOptions(**opts), 2, lambda kind, message: logs.append(message))
+
+    return pool, entries, logs
+
+
+def _flag(cmd: list[str], flag: str) -> list[str]:
+    return [cmd[i + 1] for i, a in enumerate(cmd) if a == flag]
+
+
+def test_each_model_gets_the_measured_decode_and_prompt_threads(pool_parts, fake_threads):
+    pool, (a, b), logs = pool_parts
+    p = pool()
+    cmd = B.server_command(a, 1234, p.opts, p._thread_choice(a))
+    assert (_flag(cmd, "-t"), _flag(cmd, "-tb")) == (["1"], ["2"])  # as measured fastest
+    assert [t for _, t in fake_threads][:2] == [2, 1]
+    assert logs[0].startswith("a:latest: threads: 1 thread(s), measured fastest here")
+    assert "prompts: 2 (pp t/s:" in logs[0]
+    measured = len(fake_threads)
+    assert p._thread_choice(b).threads == 1 and len(fake_threads) == measured  # cached
+    assert "b:latest: threads: 1 thread(s), cached fastest here" in logs[1]
+
+
+def test_threads_the_user_gives_are_kept(pool_parts, fake_threads):
+    pool, (a, _), logs = pool_parts
+    p = pool(threads=3)
+    assert p._thread_choice(a) is None
+    cmd = B.server_command(a, 1234, p.opts, None)
+    assert (_flag(cmd, "-t"), _flag(cmd, "-tb")) == (["3"], ["3"])
+    p = pool(extra=("-t", "4"))  # after `--`: llama-server's own -tb default (= -t) applies
+    assert p._thread_choice(a) is None
+    assert B.server_command(a, 1234, p.opts, None)[-2:] == ["-t", "4"]
+    p = pool(extra=("-tb", "1"))  # a prompt count after `--` comes last, so it wins
+    cmd = B.server_command(a, 1234, p.opts, p._thread_choice(a))
+    assert _flag(cmd, "-tb") == ["2", "1"] and cmd[-2:] == ["-tb", "1"]
+    assert not logs[:-1] and fake_threads  # only the last pool chose (and measured)
+
+
+def test_retune_measures_once_per_size_class(pool_parts, fake_threads):
+    pool, (a, b), logs = pool_parts
+    pool()._thread_choice(a)  # measured and cached
+    first = len(fake_threads)
+    p = pool(retune_threads=True)
+    p._thread_choice(a)
+    assert len(fake_threads) == 2 * first and "measured fastest here" in logs[-1]
+    p._thread_choice(b)
+    p._thread_choice(a)  # a restart later in this server's life
+    assert len(fake_threads) == 2 * first and "cached fastest here" in logs[-1]
+
+
+def test_no_measurement_while_other_models_serve(pool_parts, fake_threads):
+    pool, (a, b), logs = pool_parts
+    p = pool()
+    p._loaded[b.name] = B.Backend(entry=b, port=0, proc=None, active=1)  # type: ignore[arg-type]
+    busy = p._thread_choice(a)  # the physical cores, not cached
+    assert (busy.threads, busy.prompt, fake_threads) == (2, 2, [])
+    assert logs[-1].endswith("not measured while b:latest served requests")
+    p._loaded[b.name].active = 0
+    assert p._thread_choice(a).threads == 1 and fake_threads  # quiet now: measured
+
+
+def test_a_first_measurement_holds_up_no_other_model(pool_parts, monkeypatch):
+    """The model being measured waits; a request for a loaded model is served meanwhile."""
+    import threading
+
+    from bitnet.tools import threads
+
+    pool, (a, b), _ = pool_parts
+    started, go = threading.Event(), threading.Event()
+
+    def slow_measure(path: Path, t: int) -> tuple[float, float]:
+        started.set()
+        go.wait(timeout=30)
+        return 1.0, 1.0
+
+    def no_spawn(cmd: list[str], stdout: Any) -> None:
+        raise B.LoadError("not started in this test")
+
+    monkeypatch.setattr(threads, "measure_llama_bench", slow_measure)
+    monkeypatch.setattr(B, "check_tl_served", lambda path, binary: None)
+    monkeypatch.setattr(B, "spawn", no_spawn)
+    p = pool()
+    live = types.SimpleNamespace(poll=lambda: None)
+    p._loaded[b.name] = B.Backend(entry=b, port=0, proc=live)  # type: ignore[arg-type]
+    errors: list[Exception] = []
+
+    def load_a() -> None:
+        try:
+            with p.use(a):
+                pass
+        except B.LoadError as exc:
+            errors.append(exc)
+
+    loader = threading.Thread(target=load_a)
+    loader.start()
+    try:
+        assert started.wait(timeout=30)
+        with p.use(b, wait=0.5) as (backend, seconds):  # not blocked by a's measurement
+            assert backend.entry is b and seconds == 0.0
+    finally:
+        go.set()
+        loader.join(timeout=30)
+    assert len(errors) == 1  # a then went on to its (fake) start
+
+
+def test_serve_passes_its_thread_options(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from bitnet.cli import serve as cli_serve
+    from bitnet.cli.app import app
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(cli_serve, "run_server", lambda models, **kw: seen.update(kw))
+    res = CliRunner().invoke(app, ["serve", "-m", "x.gguf", "--retune-threads"])
+    assert res.exit_code == 0, res.stderr
+    assert seen["opts"].retune_threads and seen["opts"].threads is None
+    CliRunner().invoke(app, ["serve", "-m", "x.gguf", "-t", "3"])
+    assert seen["opts"].threads == 3 and not seen["opts"].retune_threads
 
 
 def test_port_in_use_and_open_address_without_key(tmp_path):

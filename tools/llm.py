@@ -21,16 +21,18 @@ from __future__ import annotations
 
 import codecs
 import ctypes
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import bindings
 from .build import check_tl_served
 from .constants import Keys
 from .errors import RuntimeFailure, UsageError, debug_enabled
+
+if TYPE_CHECKING:
+    from .gguf import GGUFReader
 
 Message = dict[str, str]
 
@@ -93,15 +95,24 @@ class LLM:
         path: str | Path,
         *,
         n_threads: int | None = None,
+        n_threads_batch: int | None = None,
         n_ctx: int = 2048,
         n_batch: int = 512,
         seed: int = -1,
         verbose: bool | None = None,
+        reader: GGUFReader | None = None,
     ) -> None:
+        """`n_threads` None: the decode count `bitnet run/chat/serve/bench` measured fastest
+        here for this model's size class (cached in `$BITNET_CACHE/threads.json`), else the
+        physical cores; nothing is measured here (a library call does not spend seconds timing
+        llama-bench). `n_threads_batch` (prompt processing) None: `n_threads` when given, else
+        the cached prompt count, else the physical cores. `reader`: the file's GGUFReader when
+        the caller has checked it already."""
         from .runtime import check_model
+        from .threads import known_threads
 
         self.path = Path(path)
-        reader = check_model(self.path)  # missing/corrupt file: one clear error, before C
+        reader = reader or check_model(self.path)  # missing/corrupt file: one error, before C
         self._template: str | None = reader.kv.get(Keys.CHAT_TEMPLATE)
         check_tl_served(self.path, bindings.library_dir() / bindings.LIB_NAME, reader)
         if n_ctx < 1:
@@ -109,15 +120,18 @@ class LLM:
         self._lib = bindings.load()
         verbose = debug_enabled() if verbose is None else verbose
         bindings.echo_log = verbose
-        # llama.cpp's own default thread count (the number of cores), as `bitnet run` uses.
-        threads = n_threads or max(1, os.cpu_count() or 1)
+        if n_threads:
+            threads, threads_batch = n_threads, n_threads_batch or n_threads
+        else:
+            known = known_threads(self.path)
+            threads, threads_batch = known.threads, n_threads_batch or known.prompt
         try:
             self._llama = self._lib.Llama(
                 model_path=str(self.path),
                 n_ctx=n_ctx,
                 n_batch=n_batch,
                 n_threads=threads,
-                n_threads_batch=threads,
+                n_threads_batch=threads_batch,
                 seed=seed if seed >= 0 else self._lib.LLAMA_DEFAULT_SEED,
                 # llama-completion resolves flash attention "auto" to on for the CPU backend;
                 # the same attention kernel keeps greedy tokens identical to `bitnet run`.
@@ -136,6 +150,7 @@ class LLM:
         # llama.cpp pads its context up to a multiple of 256; the bindings' buffers hold n_ctx.
         self.n_ctx: int = min(n_ctx, self._llama.n_ctx())
         self.n_threads = threads
+        self.n_threads_batch = threads_batch
         self.last = Stats()
         self._active: TextStream | None = None
 

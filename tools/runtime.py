@@ -54,6 +54,7 @@ class GenerationOptions:
 
     n_predict: int = 128
     threads: int | None = None
+    threads_batch: int | None = None  # prompt processing (-tb); None: llama.cpp's (= threads)
     ctx_size: int = 2048
     temperature: float = 0.8
     top_k: int = 40
@@ -91,6 +92,8 @@ def completion_command(model: Path, prompt: str, opts: GenerationOptions) -> lis
     ]  # fmt: skip
     if opts.threads:
         cmd += ["-t", str(opts.threads)]
+    if opts.threads_batch:
+        cmd += ["-tb", str(opts.threads_batch)]
     if opts.chat:
         # One user turn through the model's own chat template, then exit.
         cmd += ["-cnv", "-st", "--jinja"]

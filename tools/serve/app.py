@@ -424,7 +424,7 @@ def serve(
             log("warn", f"{e.name}: {e.error} (the server reports it to requests for it)")
     if host not in LOOPBACK and not api_key:
         log("warn", f"listening on {host} without --api-key: anyone who can reach it may use it")
-    pool = Pool(opts or ServerOptions(), max_loaded)
+    pool = Pool(opts or ServerOptions(), max_loaded, log)
     try:
         server = Server((host, port), catalog, pool, api_key)
     except OSError as exc:

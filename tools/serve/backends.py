@@ -25,6 +25,7 @@ from typing import Any
 from ..build import check_tl_served, find_binary
 from ..errors import BitnetError, debug_enabled
 from ..runtime import explain_log, spawn
+from ..threads import ThreadChoice, cache_key, choose_threads, gives_threads, known_threads
 from .catalog import ModelEntry
 
 CHILD_HOST = "127.0.0.1"
@@ -40,9 +41,15 @@ class BusyError(BitnetError):
 
 @dataclass(frozen=True)
 class ServerOptions:
-    """What every llama-server child gets: threads, context, parallel slots, extra flags."""
+    """What every llama-server child gets: threads, context, parallel slots, extra flags.
+
+    `threads` None: each model gets the decode and prompt counts measured fastest here for its
+    size class (tools/threads.py; measured at its first start, cached) as `-t` and `-tb`. A count
+    the user gives (here or as `-t` in `extra`) is used for both, as llama-server does.
+    """
 
     threads: int | None = None
+    retune_threads: bool = False  # measure again, once per size class in this server's life
     ctx_size: int = 4096
     parallel: int = 1
     extra: tuple[str, ...] = ()
@@ -105,8 +112,11 @@ class Backend:
                 self.proc.wait()
 
 
-def server_command(entry: ModelEntry, port: int, opts: ServerOptions) -> list[str]:
-    """The llama-server command line for one model."""
+def server_command(
+    entry: ModelEntry, port: int, opts: ServerOptions, choice: ThreadChoice | None = None
+) -> list[str]:
+    """The llama-server command line for one model; `choice`: the default thread counts (used
+    when `opts.threads` is None)."""
     cmd = [
         str(find_binary("llama-server")),
         "-m", str(entry.path),
@@ -120,19 +130,29 @@ def server_command(entry: ModelEntry, port: int, opts: ServerOptions) -> list[st
     ]  # fmt: skip
     if opts.threads:
         cmd += ["-t", str(opts.threads), "-tb", str(opts.threads)]
-    return cmd + list(opts.extra)
+    elif choice:
+        cmd += ["-t", str(choice.threads), "-tb", str(choice.prompt or choice.threads)]
+    return cmd + list(opts.extra)  # last: a flag given after `--` wins
 
 
 class Pool:
     """The loaded models, least recently used first; `use(entry)` loads on demand."""
 
-    def __init__(self, opts: ServerOptions, max_loaded: int) -> None:
+    def __init__(
+        self,
+        opts: ServerOptions,
+        max_loaded: int,
+        log: collections.abc.Callable[[str, str], None] | None = None,
+    ) -> None:
         self.opts = opts
         self.max_loaded = max(1, max_loaded)
+        self.log = log or (lambda kind, message: None)
         self._loaded: collections.OrderedDict[str, Backend] = collections.OrderedDict()
         self._loading: dict[str, threading.Event] = {}
         self._cond = threading.Condition()
         self._closed = False
+        self._measuring = threading.Lock()  # one thread-count measurement at a time
+        self._retuned: set[str] = set()  # size classes --retune-threads measured already
 
     # --- the public side -------------------------------------------------------------------
 
@@ -219,8 +239,10 @@ class Pool:
         """Start llama-server for `entry` and wait until /health says it is ready."""
         binary = find_binary("llama-server")
         check_tl_served(entry.path, binary)
+        choice = self._thread_choice(entry)
         port = free_port()
-        proc = spawn(server_command(entry, port, self.opts), stdout=subprocess.DEVNULL)
+        cmd = server_command(entry, port, self.opts, choice)
+        proc = spawn(cmd, stdout=subprocess.DEVNULL)
         b = Backend(entry=entry, port=port, proc=proc)
         threading.Thread(target=_drain, args=(b,), daemon=True).start()
         t0 = time.monotonic()
@@ -243,6 +265,28 @@ class Pool:
         props = b.get_json("/props") or {}
         b.n_ctx = int(props.get("default_generation_settings", {}).get("n_ctx", 0))
         return b
+
+    def _thread_choice(self, entry: ModelEntry) -> ThreadChoice | None:
+        """The default thread counts for `entry` (None when the user set one), logged.
+
+        Only this loading thread waits for a measurement (the pool's lock is free meanwhile),
+        but llama-bench would share the cores with requests other models are serving, slowing
+        them and its own figures: then this start takes the physical cores, uncached, and a
+        later quiet start measures."""
+        if self.opts.threads or gives_threads(self.opts.extra):
+            return None
+        with self._measuring:  # a second model of the same size class finds the figure cached
+            key = cache_key(entry.path)
+            retune = self.opts.retune_threads and key not in self._retuned
+            choice = known_threads(entry.path)
+            wanted = retune or choice.source != "cached"
+            busy = [b.entry.name for b in self.loaded() if b.active] if wanted else []
+            if wanted and not busy:
+                self._retuned.add(key)
+                choice = choose_threads(entry.path, remeasure=retune)
+        note = f"; not measured while {', '.join(busy)} served requests" if busy else ""
+        self.log("info", f"{entry.name}: threads: {choice.describe(prompt=True)}{note}")
+        return choice
 
 
 def _load_reason(tail: collections.abc.Iterable[str]) -> str:
