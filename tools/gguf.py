@@ -435,8 +435,12 @@ class GGUFReader:
     (arrays: `(ARRAY, element type)`), `.tensors` names to TensorInfo in file order.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], foreign_types: bool = False) -> None:
+        """`foreign_types`: accept tensor types this reader does not know (another engine's,
+        e.g. ik_llama.cpp's IQ2_BN) and size them by where the next tensor starts (so their
+        `nbytes` includes the alignment padding); their data cannot be decoded."""
         self.path = Path(path)
+        self._foreign_types = foreign_types
         if not self.path.is_file():
             raise InputNotFoundError(
                 f"{self.path} does not exist or is not a file.",
@@ -518,12 +522,16 @@ class GGUFReader:
         data_start = pad(cur.pos, self.alignment)
         self.data_offset = data_start
         expected_offset = 0
-        for name, ne, type_id, offset in infos:
+        for i, (name, ne, type_id, offset) in enumerate(infos):
             shape = tuple(reversed(ne))
             try:
                 nbytes = tensor_nbytes(type_id, shape)
             except KeyError:
-                raise cur.fail(f"tensor {name!r} has unknown ggml type {type_id}") from None
+                if not self._foreign_types:
+                    raise cur.fail(f"tensor {name!r} has unknown ggml type {type_id}") from None
+                end = infos[i + 1][3] if i + 1 < len(infos) else self.file_size - data_start
+                nbytes = max(end - offset, 0)
+                expected_offset = offset
             except ShapeError as exc:
                 raise cur.fail(f"tensor {name!r}: {exc}") from None
             if offset != expected_offset:
