@@ -320,7 +320,12 @@ def local_repo(src: Source, cache: Path) -> Path:
 
 def resolve(repo: Path, rev: str | None) -> str:
     """The full commit of `rev` (default HEAD) in the local git folder `repo`."""
-    return _git("-C", str(repo), "rev-parse", "--verify", "--quiet", f"{rev or 'HEAD'}^{{commit}}")
+    try:
+        return _git(
+            "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{rev or 'HEAD'}^{{commit}}"
+        )
+    except BuildError:
+        raise BuildError(f"{repo} has no commit {rev or 'HEAD'}") from None
 
 
 def _checkout(repo: Path, commit: str, dest: Path) -> None:

@@ -283,3 +283,27 @@ def test_source_parsing_and_revisions(fake_peers) -> None:
     assert cp.resolve(root / "ik", head[:7]) == head
     with pytest.raises(BuildError):
         cp.resolve(root / "ik", "no-such-rev")
+
+
+def test_a_foreign_tensor_type_is_sized_by_its_place_in_the_file(fake_peers) -> None:
+    import struct
+
+    from bitnet.tools.errors import CorruptFileError
+    from bitnet.tools.gguf import GGUFReader
+
+    _, _, model = fake_peers
+    ours = GGUFReader(model)
+    name, info = next(iter(ours.tensors.items()))
+    data = bytearray(model.read_bytes())
+    at = data.index(struct.pack("<Q", len(name)) + name.encode()) + 8 + len(name)
+    at += 4 + 8 * struct.unpack_from("<I", data, at)[0]  # n_dims, dims: then the type id
+    struct.pack_into("<I", data, at, 250)  # a type no reader of ours knows (ik's own ids)
+    foreign = model.with_name("foreign.gguf")
+    foreign.write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError):
+        GGUFReader(foreign)
+    read = GGUFReader(foreign, foreign_types=True)
+    assert read.tensors[name].type_name == "type 250"
+    assert 0 <= read.tensors[name].nbytes - info.nbytes < read.alignment
+    nbytes, head = cp.decode_bytes(model, 8)
+    assert nbytes and "tied token_embd" in head and head.startswith("F16")
