@@ -436,9 +436,10 @@ class GGUFReader:
     """
 
     def __init__(self, path: str | os.PathLike[str], foreign_types: bool = False) -> None:
-        """`foreign_types`: accept tensor types this reader does not know (another engine's,
-        e.g. ik_llama.cpp's IQ2_BN) and size them by where the next tensor starts (so their
-        `nbytes` includes the alignment padding); their data cannot be decoded."""
+        """`foreign_types`: read another engine's file (ik_llama.cpp's IQ2_BN, bitnet.cpp's
+        I2_S, whose size differs from ours): any type id is accepted and every tensor is sized
+        by where the next one starts (its `nbytes` includes the alignment padding). For sizes
+        only: the data of such a reader is not to be decoded."""
         self.path = Path(path)
         self._foreign_types = foreign_types
         if not self.path.is_file():
@@ -522,16 +523,18 @@ class GGUFReader:
         data_start = pad(cur.pos, self.alignment)
         self.data_offset = data_start
         expected_offset = 0
-        for i, (name, ne, type_id, offset) in enumerate(infos):
+        # foreign_types: a tensor ends where the next one (by offset) starts, or the file does
+        starts = sorted({info[3] for info in infos} | {max(self.file_size - data_start, 0)})
+        for name, ne, type_id, offset in infos:
             shape = tuple(reversed(ne))
             try:
-                nbytes = tensor_nbytes(type_id, shape)
+                if self._foreign_types:
+                    nbytes = next((o for o in starts if o > offset), offset) - offset
+                    expected_offset = offset
+                else:
+                    nbytes = tensor_nbytes(type_id, shape)
             except KeyError:
-                if not self._foreign_types:
-                    raise cur.fail(f"tensor {name!r} has unknown ggml type {type_id}") from None
-                end = infos[i + 1][3] if i + 1 < len(infos) else self.file_size - data_start
-                nbytes = max(end - offset, 0)
-                expected_offset = offset
+                raise cur.fail(f"tensor {name!r} has unknown ggml type {type_id}") from None
             except ShapeError as exc:
                 raise cur.fail(f"tensor {name!r}: {exc}") from None
             if offset != expected_offset:
