@@ -27,7 +27,8 @@ measured now (tools/bandwidth.py) per thread count, and for decode the per-cent 
 bandwidth / bytes read per token (from each engine's GGUF, printed with its token_embd type).
 A peer that cannot be built, quantized or run is reported in one line (with its log) and the
 others still run. Only the flags every llama-bench since 2024 knows are passed
-(-m -p -n -t -r -o jsonl). This is a benchmark, not a test: it asserts nothing about speed.
+(-m -p -n -t -r -o jsonl; -o json for a llama-bench without jsonl, ik_llama.cpp's).
+This is a benchmark, not a test: it asserts nothing about speed.
 """
 
 from __future__ import annotations
@@ -88,18 +89,41 @@ def bench_command(engine: Engine, n_prompt: int, n_gen: int, threads: int, reps:
     ]  # fmt: skip
 
 
+#: llama-bench binaries that know `-o json` only (ik_llama.cpp): found out once per run.
+_JSON_ONLY: set[str] = set()
+
+
 def run_command(cmd: list[str]) -> tuple[list[dict[str, Any]], str | None]:
-    """Run one llama-bench process: its records, or an error line when it failed."""
-    from bitnet.tools.bench.llama_bench import explain_failure, run_llama_bench
+    """Run one llama-bench process: its records, or an error line when it failed. A
+    llama-bench without `-o jsonl` is run again with `-o json` (one array at the end)."""
+    from bitnet.tools.bench.llama_bench import (
+        explain_failure,
+        parse_llama_bench_output,
+        run_llama_bench,
+    )
     from bitnet.tools.errors import RuntimeFailure
 
+    if cmd[0] not in _JSON_ONLY:
+        try:
+            run = run_llama_bench(cmd)
+        except RuntimeFailure as exc:  # could not start it (missing, not executable)
+            return [], str(exc)
+        if run.returncode == 0 and run.records:
+            return run.records, None
+        err = explain_failure(run)
+        if not re.search(r"(invalid|unknown)[^\n]*\s-o\b", err):
+            return [], err
+        _JSON_ONLY.add(cmd[0])
+    json_cmd = [*cmd[:-1], "json"] if cmd[-2:] == ["-o", "jsonl"] else cmd
+    proc = subprocess.run(json_cmd, capture_output=True, text=True, errors="replace", check=False)
     try:
-        run = run_llama_bench(cmd)
-    except RuntimeFailure as exc:  # could not start it (missing, not executable)
+        records = parse_llama_bench_output(proc.stdout) if proc.returncode == 0 else []
+    except RuntimeFailure as exc:
         return [], str(exc)
-    if run.returncode != 0 or not run.records:
-        return [], explain_failure(run)
-    return run.records, None
+    if not records:
+        tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:]
+        return [], f"llama-bench exited with status {proc.returncode}: {' '.join(tail)}"
+    return records, None
 
 
 def _test_name(rec: dict[str, Any]) -> str | None:
@@ -567,21 +591,21 @@ def peer_engines(build: PeerBuild, model: Path, on_error: Callable[[str], None])
 
 
 def default_model(cache: Path, progress: Callable[[str], None] | None = None) -> Path:
-    """The 2B-4T-shaped dummy (seed 0) as F16 GGUF, made once with our own tools and cached."""
+    """The 2B-4T-shaped dummy (seed 0) as F16 GGUF, made once with our own tools and cached
+    next to its checkpoint (models/2b4t-seed0/: convert it to i2_s for our own --engine)."""
     from bitnet.tools.convert import convert_checkpoint
     from bitnet.tools.dummy import make_dummy
 
-    dest = cache / "peers" / "models" / "2b4t-seed0-f16.gguf"
-    if dest.is_file():
-        return dest
-    if progress:
-        progress(f"making the 2B-4T dummy F16 file {dest} (once)")
-    ckpt = dest.with_name(f".2b4t-seed0.partial-{os.getpid()}")
-    try:
+    ckpt = cache / "peers" / "models" / "2b4t-seed0"
+    dest = ckpt.with_name("2b4t-seed0-f16.gguf")
+    if not (ckpt / "config.json").is_file():
+        if progress:
+            progress(f"making the 2B-4T dummy checkpoint {ckpt} (once)")
         make_dummy(ckpt, "2b4t", "packed", 0, force=True)
-        convert_checkpoint(ckpt, dest, "f16", force=True)
-    finally:
-        shutil.rmtree(ckpt, ignore_errors=True)
+    if not dest.is_file():
+        if progress:
+            progress(f"converting it to F16: {dest} (once)")
+        convert_checkpoint(ckpt, dest, "f16")
     return dest
 
 

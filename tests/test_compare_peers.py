@@ -120,9 +120,11 @@ else:  # configure: -S SRC -B BUILD ...
 FAKE_BENCH = r"""#!PYTHON
 import json, sys
 a = sys.argv
-p, n = int(a[a.index("-p") + 1]), int(a[a.index("-n") + 1])
-print(json.dumps({"n_prompt": p, "n_gen": 0, "avg_ts": 100.0}))
-print(json.dumps({"n_prompt": 0, "n_gen": n, "avg_ts": 10.0}))
+p, n, fmt = int(a[a.index("-p") + 1]), int(a[a.index("-n") + 1]), a[a.index("-o") + 1]
+recs = [{"n_prompt": p, "n_gen": 0, "avg_ts": 100.0}, {"n_prompt": 0, "n_gen": n, "avg_ts": 10.0}]
+if fmt == "jsonl" and not JSONL:  # ik_llama.cpp's llama-bench: -o json only
+    sys.exit("error: invalid parameter for argument: -o")
+print("\n".join(map(json.dumps, recs)) if fmt == "jsonl" else json.dumps(recs, indent=2))
 """
 
 FAKE_QUANTIZE = r"""#!PYTHON
@@ -150,7 +152,7 @@ def _script(path: Path, text: str) -> None:
     path.chmod(0o755)
 
 
-def _fake_llama(root: Path, archs: list[str], types: list[str], fail: bool = False) -> str:
+def _fake_llama(root: Path, archs: list[str], types: list[str], jsonl: bool = True) -> str:
     """A llama.cpp-like git repo: arch names, quantize type names, stand-in tools."""
     root.mkdir(parents=True)
     (root / "src").mkdir()
@@ -163,10 +165,8 @@ def _fake_llama(root: Path, archs: list[str], types: list[str], fail: bool = Fal
     (root / "ggml" / "CMakeLists.txt").write_text(
         'option(GGML_NATIVE "n" ON)\noption(GGML_AVX2 "a" ON)\noption(GGML_AVX512 "b" OFF)\n'
     )
-    _script(root / "tools" / "llama-bench.py", FAKE_BENCH)
+    _script(root / "tools" / "llama-bench.py", FAKE_BENCH.replace("JSONL", str(jsonl)))
     _script(root / "tools" / "llama-quantize.py", FAKE_QUANTIZE)
-    if fail:
-        (root / "FAIL").write_text("")
     _git("init", "-q", cwd=root)
     _git("add", "-A", cwd=root)
     _git("commit", "-q", "-m", "fake", cwd=root)
@@ -201,7 +201,8 @@ def fake_peers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_packed: Pat
 
     fork_commit = _fake_llama(tmp_path / "fork", ["bitnet"], ["I2_S"])
     _fake_bitnet(tmp_path / "bitnet", tmp_path / "fork", fork_commit)
-    _fake_llama(tmp_path / "ik", ["bitnet", "bitnet-b1.58"], ["IQ2_BN"])  # no IQ2_BN_R4
+    # no IQ2_BN_R4 in this revision; a llama-bench without -o jsonl
+    _fake_llama(tmp_path / "ik", ["bitnet", "bitnet-b1.58"], ["IQ2_BN"], jsonl=False)
     _script(tmp_path / "bin" / "cmake", FAKE_CMAKE)
     calls = tmp_path / "cmake-calls.jsonl"
     monkeypatch.setenv("FAKE_CMAKE_LOG", str(calls))
@@ -229,6 +230,9 @@ def test_peers_are_built_once_and_quantize_the_same_model(fake_peers, capsys) ->
     text = capsys.readouterr()
     assert "bitnet.cpp I2_S" in text.out and "ik_llama.cpp IQ2_BN" in text.out, text.err
     assert "IQ2_BN_R4" not in text.out  # that revision has no such type
+    assert "failed" not in text.err  # ik's llama-bench ran again with -o json
+    (ik_row,) = [x for x in text.out.splitlines() if x.startswith("ik_llama.cpp IQ2_BN\t")]
+    assert ik_row.split("\t")[1:3] == ["100.0 (100.0/100.0)", "10.0 (10.0/10.0)"]
     configures = [json.loads(x) for x in calls.read_text().splitlines() if "-S" in x]
     assert len(configures) == 2
     flags = {c[c.index("-S") + 1]: c for c in configures}
