@@ -178,26 +178,16 @@ def compare(
 #: Bump when the build recipe changes: older stamps then no longer count as complete.
 RECIPE = 1
 TARGETS = ("llama-bench", "llama-quantize")
+_AVX2_ON = ("GGML_SSE42", "GGML_AVX", "GGML_AVX2", "GGML_FMA", "GGML_F16C", "GGML_BMI2")
+_AVX2_OFF = ("GGML_AVXVNNI", "GGML_AVX512", "GGML_AVX512_VBMI", "GGML_AVX512_VNNI",
+             "GGML_AVX512_BF16", "GGML_AMX_TILE", "GGML_AMX_INT8", "GGML_AMX_BF16")  # fmt: skip
 #: -D options per --cpu, passed only where the peer's ggml declares them (their names differ).
 _PEER_CPU_FLAGS: dict[str, dict[str, str]] = {
     "native": {"GGML_NATIVE": "ON"},
     "avx2": {
         "GGML_NATIVE": "OFF",
-        **dict.fromkeys(("GGML_SSE42", "GGML_AVX", "GGML_AVX2", "GGML_FMA", "GGML_F16C"), "ON"),
-        **dict.fromkeys(("GGML_BMI2",), "ON"),
-        **dict.fromkeys(
-            (
-                "GGML_AVXVNNI",
-                "GGML_AVX512",
-                "GGML_AVX512_VBMI",
-                "GGML_AVX512_VNNI",
-                "GGML_AVX512_BF16",
-                "GGML_AMX_TILE",
-                "GGML_AMX_INT8",
-                "GGML_AMX_BF16",
-            ),
-            "OFF",
-        ),  # fmt: skip
+        **dict.fromkeys(_AVX2_ON, "ON"),
+        **dict.fromkeys(_AVX2_OFF, "OFF"),
     },
 }
 #: Architecture names to try, in order, for a peer that does not know the F16 file's own.
@@ -229,7 +219,7 @@ class Peer:
     """How to build one peer: its name, where llama.cpp sits in its tree, what it needs."""
 
     name: str
-    #: (engine name suffix, llama-quantize type, source file that must mention the type)
+    #: (engine name suffix, llama-quantize type), offered when its quantize tool lists the type
     quants: tuple[tuple[str, str], ...]
     llama_subdir: str = ""  # bitnet.cpp: "3rdparty/llama.cpp" (a submodule)
     #: what the peer's own set-up does to the checkout before cmake
@@ -399,10 +389,7 @@ def peer_cmake_flags(peer: Peer, tree: Path, cpu: str) -> dict[str, str]:
     root = peer.llama_root(tree)
     declared = _declared_options(root) | _declared_options(tree)
     flags = {"CMAKE_BUILD_TYPE": "Release"}
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        flags |= {k: v for k, v in _PEER_CPU_FLAGS[cpu].items() if k in declared}
-    else:
-        flags["GGML_NATIVE"] = "ON" if cpu == "native" else "OFF"
+    flags |= {k: v for k, v in _PEER_CPU_FLAGS[cpu].items() if k in declared}
     for k, v in peer.flags:
         if k in declared:
             flags[k] = v
@@ -726,6 +713,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("give at least one --engine, --bitnet-cpp or --ik-llama")
     if args.bitnet_cpp_llama and not args.bitnet_cpp:
         p.error("--bitnet-cpp-llama goes with --bitnet-cpp")
+    if args.cpu == "avx2" and platform.machine().lower() not in ("x86_64", "amd64"):
+        p.error(f"--cpu avx2 is for x86 CPUs and this one is {platform.machine()}")
 
     setup_errors: list[str] = []
 
