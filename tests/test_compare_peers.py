@@ -287,6 +287,12 @@ def test_source_parsing_and_revisions(fake_peers) -> None:
     assert cp.resolve(root / "ik", head[:7]) == head
     with pytest.raises(BuildError):
         cp.resolve(root / "ik", "no-such-rev")
+    # a URL is mirrored into the cache once, then fetched again (file:// works offline)
+    url = cp.Source.parse(f"file://{root / 'ik'}@{head[:7]}")
+    mirror = cp.local_repo(url, root / "cache")
+    assert mirror.parent == root / "cache" / "peers" / "git"
+    assert cp.resolve(mirror, url.rev) == head
+    assert cp.local_repo(url, root / "cache") == mirror
 
 
 def test_a_foreign_tensor_type_is_sized_by_its_place_in_the_file(fake_peers) -> None:
