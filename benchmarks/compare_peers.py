@@ -27,7 +27,8 @@ measured now (tools/bandwidth.py) per thread count, and for decode the per-cent 
 bandwidth / bytes read per token (from each engine's GGUF, printed with its token_embd type).
 A peer that cannot be built, quantized or run is reported in one line (with its log) and the
 others still run. Only the flags every llama-bench since 2024 knows are passed
-(-m -p -n -t -r -o jsonl; -o json for a llama-bench without jsonl, ik_llama.cpp's).
+(-m -p -n -t -r -o jsonl; -o json for a llama-bench without jsonl, ik_llama.cpp's; -fa
+with --fa, else each llama-bench runs flash attention as it does by default).
 This is a benchmark, not a test: it asserts nothing about speed.
 """
 
@@ -76,8 +77,11 @@ class Cell:
         return statistics.fmean(self.passes) if self.passes else float("nan")
 
 
-def bench_command(engine: Engine, n_prompt: int, n_gen: int, threads: int, reps: int) -> list[str]:
-    """The llama-bench command line (flags every llama-bench since 2024 accepts)."""
+def bench_command(
+    engine: Engine, n_prompt: int, n_gen: int, threads: int, reps: int, extra: Sequence[str] = ()
+) -> list[str]:
+    """The llama-bench command line (flags every llama-bench since 2024 accepts, `extra`
+    such as -fa 0 before the output format)."""
     return [
         str(engine.binary),
         "-m", str(engine.model),
@@ -85,6 +89,7 @@ def bench_command(engine: Engine, n_prompt: int, n_gen: int, threads: int, reps:
         "-n", str(n_gen),
         "-t", str(threads),
         "-r", str(reps),
+        *extra,
         "-o", "jsonl",
     ]  # fmt: skip
 
@@ -142,6 +147,7 @@ def compare(
     passes: int = 2,
     runner: Runner = run_command,
     on_run: Callable[[str], None] | None = None,
+    extra: Sequence[str] = (),
 ) -> tuple[dict[tuple[str, str, int], Cell], dict[str, str]]:
     """Interleaved passes over all engines (odd passes in reverse order).
 
@@ -158,7 +164,7 @@ def compare(
                     continue
                 if on_run:
                     on_run(f"pass {p + 1}/{passes}: {eng.name}, {t} thread(s)")
-                records, err = runner(bench_command(eng, n_prompt, n_gen, t, reps))
+                records, err = runner(bench_command(eng, n_prompt, n_gen, t, reps, extra))
                 if err:
                     errors[eng.name] = err
                     continue
@@ -706,6 +712,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("-t", "--threads", default="1,2", help="comma-separated thread counts")
     p.add_argument("-r", "--reps", type=int, default=5, help="llama-bench repetitions")
     p.add_argument("--passes", type=int, default=2, help="passes (every 2nd in reverse order)")
+    p.add_argument(
+        "--fa", choices=("0", "1"),
+        help="flash attention for every engine (default: each llama-bench's own: ik's is on)",
+    )  # fmt: skip
     p.add_argument("--no-bandwidth", action="store_true", help="skip the bandwidth probe")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args(argv)
@@ -730,9 +740,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.error("no engine to run.", hint="see the warnings above")
         return 1
     threads = [int(t) for t in str(args.threads).split(",") if t.strip()]
+    extra = ["-fa", args.fa] if args.fa else []
     cells, errors = compare(
-        engines, threads, args.n_prompt, args.n_gen, args.reps, args.passes, on_run=out.info
-    )
+        engines, threads, args.n_prompt, args.n_gen, args.reps, args.passes, on_run=out.info,
+        extra=extra,
+    )  # fmt: skip
 
     from bitnet.tools.bandwidth import measure_read_bandwidth
     from bitnet.tools.bench.run import _host

@@ -266,6 +266,17 @@ def test_peers_are_built_once_and_quantize_the_same_model(fake_peers, capsys) ->
     assert len(calls.read_text().splitlines()) == n_calls + 2
 
 
+def test_fa_goes_to_every_engine(tmp_path: Path) -> None:
+    seen: list[list[str]] = []
+
+    def runner(cmd: list[str]):
+        seen.append(cmd)
+        return [{"n_prompt": 0, "n_gen": 4, "avg_ts": 1.0}], None
+
+    cp.compare(_engines(tmp_path), [1], 0, 4, 1, 1, runner=runner, extra=["-fa", "0"])
+    assert all(c[-4:] == ["-fa", "0", "-o", "jsonl"] for c in seen) and len(seen) == 3
+
+
 def test_a_peer_that_does_not_build_is_reported_and_the_others_run(fake_peers, capsys) -> None:
     root, _, model = fake_peers
     (root / "ik" / "FAIL").write_text("")
