@@ -435,8 +435,13 @@ class GGUFReader:
     (arrays: `(ARRAY, element type)`), `.tensors` names to TensorInfo in file order.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], foreign_types: bool = False) -> None:
+        """`foreign_types`: read another engine's file (ik_llama.cpp's IQ2_BN, bitnet.cpp's
+        I2_S, whose size differs from ours): any type id is accepted and every tensor is sized
+        by where the next one starts (its `nbytes` includes the alignment padding). For sizes
+        only: the data of such a reader is not to be decoded."""
         self.path = Path(path)
+        self._foreign_types = foreign_types
         if not self.path.is_file():
             raise InputNotFoundError(
                 f"{self.path} does not exist or is not a file.",
@@ -518,10 +523,16 @@ class GGUFReader:
         data_start = pad(cur.pos, self.alignment)
         self.data_offset = data_start
         expected_offset = 0
+        # foreign_types: a tensor ends where the next one (by offset) starts, or the file does
+        starts = sorted({info[3] for info in infos} | {max(self.file_size - data_start, 0)})
         for name, ne, type_id, offset in infos:
             shape = tuple(reversed(ne))
             try:
-                nbytes = tensor_nbytes(type_id, shape)
+                if self._foreign_types:
+                    nbytes = next((o for o in starts if o > offset), offset) - offset
+                    expected_offset = offset
+                else:
+                    nbytes = tensor_nbytes(type_id, shape)
             except KeyError:
                 raise cur.fail(f"tensor {name!r} has unknown ggml type {type_id}") from None
             except ShapeError as exc:
