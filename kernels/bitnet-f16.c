@@ -75,6 +75,10 @@ static void f16_mul_mat_scalar(int64_t k, int64_t nr, int64_t nt, const uint16_t
 #define F16_PREFETCH 1024 /* bytes ahead in each row stream (measured best of 0/1/2/4 KB) */
 #define INLINE static inline __attribute__((always_inline))
 
+typedef void (*f16_tile_fn)(int64_t k, const uint16_t *w, int64_t ws, const float *x, int64_t xs,
+                            float *y, int64_t ys);
+
+#ifdef BITNET_HAVE_AVX512
 /* ============================================================================================
  * AVX-512F (+F16C): 16 halves per vcvtph2ps, R = 4 rows × T ≤ 4 tokens in registers
  * ============================================================================================ */
@@ -136,13 +140,11 @@ F16_TILE512(1, 2)
 F16_TILE512(1, 3)
 F16_TILE512(1, 4)
 
-typedef void (*f16_tile_fn)(int64_t k, const uint16_t *w, int64_t ws, const float *x, int64_t xs,
-                            float *y, int64_t ys);
-
 static const f16_tile_fn TILES_512[2][4] = {
     {f16_tile_512_4x1, f16_tile_512_4x2, f16_tile_512_4x3, f16_tile_512_4x4},
     {f16_tile_512_1x1, f16_tile_512_1x2, f16_tile_512_1x3, f16_tile_512_1x4},
 };
+#endif /* BITNET_HAVE_AVX512 */
 
 /* ============================================================================================
  * AVX2 + F16C + FMA: 8 halves per vcvtph2ps, R = 4 rows × T ≤ 2 tokens (16 ymm registers)
@@ -220,10 +222,12 @@ static void f16_mul_mat_tiles(const f16_tile_fn tiles[2][4], int max_t, int64_t 
     }
 }
 
+#ifdef BITNET_HAVE_AVX512
 static void f16_mul_mat_avx512(int64_t k, int64_t nr, int64_t nt, const uint16_t *w, int64_t ws,
                                const float *x, int64_t xs, float *y, int64_t ys) {
     f16_mul_mat_tiles(TILES_512, 4, k, nr, nt, w, ws, x, xs, y, ys);
 }
+#endif
 
 static void f16_mul_mat_avx2(int64_t k, int64_t nr, int64_t nt, const uint16_t *w, int64_t ws,
                              const float *x, int64_t xs, float *y, int64_t ys) {
@@ -235,11 +239,13 @@ static int cpu_f16c(void) {
     unsigned a, b, c, d;
     return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
 }
+#ifdef BITNET_HAVE_AVX512
 static int cpu_f16_avx512(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && cpu_f16c() && __builtin_cpu_supports("fma");
 }
+#endif
 static int cpu_f16_avx2(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && cpu_f16c() && __builtin_cpu_supports("fma");
@@ -262,8 +268,10 @@ static int f16_always(void) { return 1; }
 
 /* In order of preference; "scalar" last. */
 static const f16_kernel F16_KERNELS[] = {
-#ifdef BITNET_HAVE_X86
+#ifdef BITNET_HAVE_AVX512
     {"avx512", f16_mul_mat_avx512, cpu_f16_avx512},
+#endif
+#ifdef BITNET_HAVE_X86
     {"avx2", f16_mul_mat_avx2, cpu_f16_avx2},
 #endif
     {"scalar", f16_mul_mat_scalar, f16_always},
