@@ -26,6 +26,7 @@ from bitnet.tools.bench.report import (
 )
 from bitnet.tools.bench.run import failure_error, run_bench
 from bitnet.tools.errors import UsageError
+from bitnet.tools.kernels_lib import describe_kernel_paths
 from bitnet.tools.store import resolve_model
 
 from . import _output as out
@@ -190,7 +191,8 @@ def bench(
         out.emit_json(report)
     else:
         cols, rows = table_rows(report)
-        out.table(cols, rows, title=f"bitnet bench — {report['host']['cpu']}")
+        kernels = describe_kernel_paths(report["llama_bench"].get("kernels"))
+        out.table(cols, rows, title=f"bitnet bench — {report['host']['cpu']} — kernels: {kernels}")
         for line in summary_lines(report):
             out.info(line)
     for note in report["notes"]:

@@ -21,6 +21,13 @@
 #define BITNET_HAVE_X86 1
 #endif
 
+/* The AVX-512 paths are chosen at run time on CPUs that have them, except in a build for AVX2
+ * CPUs (setup_env.py --cpu avx2 defines BITNET_NO_AVX512): that build runs on an AVX-512 machine
+ * exactly what it runs on an AVX2-only one, the ternary and F16 kernels included. */
+#if defined(BITNET_HAVE_X86) && !defined(BITNET_NO_AVX512)
+#define BITNET_HAVE_AVX512 1
+#endif
+
 #if defined(__aarch64__) && defined(__ARM_NEON) && !defined(BITNET_NO_SIMD) && defined(__GNUC__)
 #define BITNET_HAVE_NEON 1
 /* The dot-product path is built when the compiler targets it already, or when it can compile

@@ -100,11 +100,13 @@ static int cpu_avx2(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2");
 }
+#ifdef BITNET_HAVE_AVX512
 static int cpu_avx512vnni(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && bitnet_cpuid7_ecx(11);
 }
+#endif
 #endif
 
 #if defined(BITNET_HAVE_NEON) && defined(BITNET_HAVE_NEON_DOTPROD)
@@ -129,8 +131,10 @@ static int cpu_dotprod(void) {
 
 /* In order of preference: the first supported entry is the default. */
 static const bitnet_kernel KERNELS[] = {
-#ifdef BITNET_HAVE_X86
+#ifdef BITNET_HAVE_AVX512
     {"avx512vnni", bitnet_i2s_mul_mat_avx512vnni, bitnet_quantize_row_i8s_avx512, cpu_avx512vnni},
+#endif
+#ifdef BITNET_HAVE_X86
     {"avx2", bitnet_i2s_mul_mat_avx2, bitnet_quantize_row_i8s_avx2, cpu_avx2},
 #endif
 #ifdef BITNET_HAVE_NEON
@@ -140,7 +144,7 @@ static const bitnet_kernel KERNELS[] = {
     /* aarch64 compilers inline rintf as one frintx, so the scalar quantizer is already fast */
     {"neon", bitnet_i2s_mul_mat_neon, bitnet_quantize_row_i8s_scalar, always},
 #endif
-#ifdef BITNET_HAVE_X86
+#ifdef BITNET_HAVE_AVX512
     /* test-only: the AVX-512 path without GFNI (what Cascade Lake runs), forced by name only */
     {"avx512vnni-nogfni", bitnet_i2s_mul_mat_avx512vnni_shift, bitnet_quantize_row_i8s_avx512,
      cpu_avx512vnni},

@@ -41,7 +41,7 @@ float bitnet_tl_quantize_row_avx2(const float *x, int8_t *q, int64_t k);
 /* The AVX-512 TL2 lookups (`vpermb` + `vpdpbusd`: F/BW/VL/VBMI/VNNI, checked at run time) live
  * in bitnet-tl-avx512.c. The same compilers as AVX2: GCC >= 8 and clang >= 7 know the VBMI and
  * VNNI intrinsics and target attributes. */
-#if defined(BITNET_TL_HAVE_AVX2)
+#if defined(BITNET_TL_HAVE_AVX2) && !defined(BITNET_NO_AVX512) /* see bitnet-i2s-internal.h */
 #define BITNET_TL_HAVE_AVX512 1
 void bitnet_tl2_tile_avx512(const bitnet_tl_tiling *t, int64_t i0, int64_t nc,
                             const uint8_t *w, const int16_t *lut, int64_t lut_stride,

@@ -567,6 +567,9 @@ def test_native_bench_smoke(tiny_packed: Path, tmp_path: Path) -> None:
     # the child's own peak (VmHWM), not this test process's (which ru_maxrss would include)
     assert 0 < report["runs"][0]["peak_rss_bytes"] < 1 << 30
     assert report["llama_bench"]["build_commit"]
+    # the SIMD path of each kernel family, read from the build itself
+    kernels = report["llama_bench"]["kernels"]
+    assert set(kernels) == {"I2_S", "F16", "TL"} and all(kernels.values())
     # --compare's q4_0 comes from llama-quantize on the f16 conversion
     specs, _ = compare.prepare_compare(tiny_packed, ["q4_0"], tmp_path / "c")
     assert GGUFReader(specs[0].path).tensors["blk.0.attn_q.weight"].type_id == GGMLType.Q4_0

@@ -92,7 +92,9 @@ def test_cpu_choices_map_to_cmake_flags():
         assert generic["GGML_AVX2"] == "OFF" and generic["GGML_AVX512"] == "OFF"
         avx512 = B.cmake_flags("avx512", FAKE_TC, pin)
         assert avx512["GGML_AVX512"] == "ON" and avx512["GGML_AVX2"] == "ON"
-        assert B.cmake_flags("avx2", FAKE_TC, pin)["GGML_AVX512"] == "OFF"
+        avx2 = B.cmake_flags("avx2", FAKE_TC, pin)
+        assert avx2["GGML_AVX512"] == "OFF"
+        assert "-DBITNET_NO_AVX512" in avx2["CMAKE_C_FLAGS"]  # our kernels' AVX-512 paths too
     with pytest.raises(UsageError, match="unknown --cpu"):
         B.cmake_flags("sse9", FAKE_TC, pin)
 

@@ -101,6 +101,10 @@ def test_default_path_and_selection(lib):
         (200, 17, 4),
         (2565, 9, 5),
         (64, 4, 7),
+        # one token: the decode stream (rows one after another), with every tail length
+        (100, 3, 1),
+        (2565, 9, 1),
+        (2560, 6, 1),
     ],
 )
 def test_matches_float64_reference(lib, path, k, nr, nt):

@@ -201,8 +201,9 @@ def measure_read_bandwidth(
 
     The buffer (see probe_buffer_bytes) is written once so every page is resident, then split
     into `threads` contiguous slices; each thread reduces its slice with NumPy (which releases
-    the GIL inside the loop, so the threads read in parallel). A pass is timed from a barrier
-    that starts all threads to the moment the last one finishes: total bytes / that time.
+    the GIL inside the loop, so the threads read in parallel). A pass lasts from the first
+    thread's start to the last one's finish, each read by the worker itself: total bytes / that
+    time.
     """
     threads = max(1, int(threads))
     llc = last_level_cache_bytes()
@@ -213,22 +214,29 @@ def measure_read_bandwidth(
     start = threading.Barrier(threads + 1)
     done = threading.Barrier(threads + 1)
 
-    def work(part: np.ndarray) -> None:
-        for _ in range(passes):
+    # each worker times its own slice: a clock read by this thread after start.wait() could come
+    # late (with as many workers as CPUs, this thread may not run again until they finish)
+    spans = [[(math.inf, -math.inf)] * passes for _ in parts]
+
+    def work(i: int, part: np.ndarray) -> None:
+        for p in range(passes):
             start.wait()
+            t0 = time.perf_counter()
             np.bitwise_or.reduce(part)
+            spans[i][p] = (t0, time.perf_counter())
             done.wait()
 
-    workers = [threading.Thread(target=work, args=(p,), daemon=True) for p in parts]
+    workers = [threading.Thread(target=work, args=a, daemon=True) for a in enumerate(parts)]
     for w in workers:
         w.start()
-    best = math.inf
     for _ in range(passes):
         start.wait()
-        t0 = time.perf_counter()
         done.wait()
-        best = min(best, time.perf_counter() - t0)
     for w in workers:
         w.join()
+    # a pass lasts from the first worker's start to the last one's end
+    best = min(
+        max(s[p][1] for s in spans) - min(s[p][0] for s in spans) for p in range(passes)
+    )
     del parts, buf
     return Bandwidth(threads, nbytes / best if best > 0 else math.inf, nbytes, passes, llc)

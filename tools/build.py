@@ -274,6 +274,10 @@ def cmake_flags(cpu: str, tc: Toolchain, pin: Pin) -> dict[str, str]:
         # heads in prefill) then faults on VMs that list AMX without enabling it (seen on ours).
         # The ternary path never uses AMX, so native builds leave it out.
         flags["CMAKE_C_FLAGS"] = flags["CMAKE_CXX_FLAGS"] = _NO_AMX
+    if x86 and cpu == "avx2":
+        # bitnet's kernels choose their SIMD path at run time; a build for AVX2 CPUs leaves the
+        # AVX-512 ones out, so that on an AVX-512 machine it runs what an AVX2-only CPU runs
+        flags["CMAKE_C_FLAGS"] = "-DBITNET_NO_AVX512"
     flags["CMAKE_C_COMPILER"] = tc.cc
     flags["CMAKE_CXX_COMPILER"] = tc.cxx
     flags["GGML_CCACHE"] = "ON" if tc.ccache else "OFF"

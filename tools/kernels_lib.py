@@ -436,3 +436,37 @@ class TLKernels(_PathChoice):
 def load(cc: str | None = None) -> KernelLib:
     """Build (if needed) and load the kernel library; one instance per process and compiler."""
     return KernelLib(build_library(cc))
+
+
+#: The kernel families compiled into a llama.cpp build, each with the C function naming its path.
+BUILD_PATH_FUNCTIONS: dict[str, str] = {
+    "I2_S": "bitnet_kernel_name",
+    "F16": "bitnet_f16_kernel_name",
+    "TL": "bitnet_tl_kernel_name",
+}
+
+
+def build_kernel_paths(bin_dir: Path) -> dict[str, str] | None:
+    """The SIMD path each kernel family of the llama.cpp build in `bin_dir` takes on this CPU,
+    e.g. {"I2_S": "avx2", "F16": "avx2", "TL": "avx2"}: what a speed figure ran on. Read from
+    the build's libggml-cpu; None when that library is missing or is not ours."""
+    lib_path = Path(bin_dir) / "libggml-cpu.so"
+    if not lib_path.is_file():
+        return None
+    try:
+        lib = ctypes.CDLL(str(lib_path))
+        paths = {}
+        for family, func in BUILD_PATH_FUNCTIONS.items():
+            fn = getattr(lib, func)
+            fn.argtypes, fn.restype = [], ctypes.c_char_p
+            paths[family] = fn().decode()
+    except (OSError, AttributeError):
+        return None
+    return paths
+
+
+def describe_kernel_paths(paths: dict[str, str] | None) -> str:
+    """'I2_S avx2 · F16 avx2 · TL avx2', or 'unknown' when the build did not say."""
+    if not paths:
+        return "unknown"
+    return " · ".join(f"{family} {name}" for family, name in paths.items())

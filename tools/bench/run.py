@@ -14,6 +14,7 @@ from .. import energy as E
 from ..bandwidth import Bandwidth, measure_read_bandwidth
 from ..build import ProgressFn, check_tl_served, find_binary
 from ..errors import BitnetError, RuntimeFailure, UsageError
+from ..kernels_lib import build_kernel_paths
 from .llama_bench import (
     CRASH_SIGNALS,
     TIMED_PHASES,
@@ -112,7 +113,11 @@ def run_bench(
         "bitnet_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": _host(),
-        "llama_bench": {"path": str(binary), "build_commit": None},
+        "llama_bench": {
+            "path": str(binary),
+            "build_commit": None,
+            "kernels": build_kernel_paths(Path(binary).parent),
+        },
         "params": opts.to_dict(),
         "energy_model": emodel.to_dict(),
         "bandwidth": [],
