@@ -748,6 +748,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from bitnet.tools.bandwidth import measure_read_bandwidth
     from bitnet.tools.bench.run import _host
+    from bitnet.tools.kernels_lib import build_kernel_paths, describe_kernel_paths
 
     bandwidth: dict[int, float] = {}
     if not args.no_bandwidth:
@@ -756,13 +757,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     traffic = {e.name: decode_bytes(e.model, args.n_gen) for e in engines}
     nbytes = {name: b for name, (b, _) in traffic.items()}
     cpu = _host()["cpu"]
+    # the SIMD path of each kernel family in our builds (peers' builds have none to report)
+    kernels = {e.name: build_kernel_paths(e.binary.parent) for e in engines}
     if args.json:
         out.emit_json(
             {
                 "cpu": cpu,
                 "peer_cpu": args.cpu,
                 "engines": [
-                    {"name": e.name, "binary": str(e.binary), "model": str(e.model)}
+                    {
+                        "name": e.name,
+                        "binary": str(e.binary),
+                        "model": str(e.model),
+                        "kernels": kernels[e.name],
+                    }
                     for e in engines
                 ],  # fmt: skip
                 "bandwidth_bytes_per_s": bandwidth,
@@ -783,7 +791,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{name}: {b / 1e9:.3f} GB read per token, {head}" if b else f"{name}: bytes n/a"
             )
         for e in engines:
-            out.data(f"{e.name}: {e.binary} -m {e.model}")
+            paths = kernels[e.name]
+            used = f" (kernels: {describe_kernel_paths(paths)})" if paths else ""
+            out.data(f"{e.name}: {e.binary} -m {e.model}{used}")
     for name, err in errors.items():
         out.warn(f"{name} failed: {err}")
     return 1 if errors and len(errors) == len(engines) else 0

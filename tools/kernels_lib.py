@@ -21,9 +21,11 @@ import contextlib
 import ctypes
 import functools
 import hashlib
+import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -446,23 +448,34 @@ BUILD_PATH_FUNCTIONS: dict[str, str] = {
 }
 
 
+#: Run in a child process: loading another build's libggml-cpu here could bind it to the
+#: libggml-base already loaded (same soname), and a crash must not take this process down.
+_PATHS_PROBE = """
+import ctypes, json, sys
+lib = ctypes.CDLL(sys.argv[1])
+paths = {}
+for family, func in json.loads(sys.argv[2]).items():
+    fn = getattr(lib, func)
+    fn.argtypes, fn.restype = [], ctypes.c_char_p
+    paths[family] = fn().decode()
+print(json.dumps(paths))
+"""
+
+
 def build_kernel_paths(bin_dir: Path) -> dict[str, str] | None:
     """The SIMD path each kernel family of the llama.cpp build in `bin_dir` takes on this CPU,
     e.g. {"I2_S": "avx2", "F16": "avx2", "TL": "avx2"}: what a speed figure ran on. Read from
-    the build's libggml-cpu; None when that library is missing or is not ours."""
+    the build's libggml-cpu (in a child process); None when that library is missing or is not
+    ours (a peer's build)."""
     lib_path = Path(bin_dir) / "libggml-cpu.so"
     if not lib_path.is_file():
         return None
+    cmd = [sys.executable, "-c", _PATHS_PROBE, str(lib_path), json.dumps(BUILD_PATH_FUNCTIONS)]
     try:
-        lib = ctypes.CDLL(str(lib_path))
-        paths = {}
-        for family, func in BUILD_PATH_FUNCTIONS.items():
-            fn = getattr(lib, func)
-            fn.argtypes, fn.restype = [], ctypes.c_char_p
-            paths[family] = fn().decode()
-    except (OSError, AttributeError):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        return json.loads(proc.stdout) if proc.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, ValueError):
         return None
-    return paths
 
 
 def describe_kernel_paths(paths: dict[str, str] | None) -> str:
