@@ -235,8 +235,6 @@ def measure_read_bandwidth(
     for w in workers:
         w.join()
     # a pass lasts from the first worker's start to the last one's end
-    best = min(
-        max(s[p][1] for s in spans) - min(s[p][0] for s in spans) for p in range(passes)
-    )
+    best = min(max(s[p][1] for s in spans) - min(s[p][0] for s in spans) for p in range(passes))
     del parts, buf
     return Bandwidth(threads, nbytes / best if best > 0 else math.inf, nbytes, passes, llc)
