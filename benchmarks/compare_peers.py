@@ -1,8 +1,8 @@
 """Our llama-bench against the peers (bitnet.cpp, ik_llama.cpp) on this machine, in one run.
 
     .venv/bin/python benchmarks/compare_peers.py \\
-        --bitnet-cpp https://github.com/microsoft/BitNet@c82b5e6 \\
-        --ik-llama https://github.com/ikawrakow/ik_llama.cpp --cpu avx2 \\
+        --bitnet-cpp ~/src/BitNet@c82b5e6 --bitnet-cpp-llama ~/src/bitnet-llama.cpp \\
+        --ik-llama ~/src/ik_llama.cpp --cpu avx2 \\
         --engine "ours I2_S" ~/.cache/bitnet/build-avx2/bin/llama-bench /tmp/bn-2b4t-i2_s.gguf \\
         -p 128 -n 64 -t 1,2 -r 5
 

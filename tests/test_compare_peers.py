@@ -292,7 +292,7 @@ def test_a_peer_that_does_not_build_is_reported_and_the_others_run(fake_peers, c
 def test_source_parsing_and_revisions(fake_peers) -> None:
     root, _, _ = fake_peers
     assert cp.Source.parse("/x/BitNet@c82b5e6") == cp.Source("/x/BitNet", "c82b5e6")
-    assert cp.Source.parse("git@github.com:o/r.git") == cp.Source("git@github.com:o/r.git")
+    assert cp.Source.parse("git@example.org:o/r.git") == cp.Source("git@example.org:o/r.git")
     assert cp.Source.parse("https://h/o/r@v1.0") == cp.Source("https://h/o/r", "v1.0")
     head = _git("rev-parse", "HEAD", cwd=root / "ik")
     assert cp.resolve(root / "ik", head[:7]) == head
