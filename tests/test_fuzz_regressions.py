@@ -34,9 +34,9 @@ def seeds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {f.stem.removeprefix("seed-"): f for f in files}
 
 
-def _logits(model: Path) -> subprocess.CompletedProcess:
+def _logits(model: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(binary("llama-bitnet-logits")), "-m", str(model), "--ids", "1,2,3", "-t", "2"],
+        [str(binary("llama-bitnet-logits")), "-m", str(model), "--ids", "1,2,3", "-t", "2", *extra],
         capture_output=True,
         text=True,
         timeout=120,
@@ -54,7 +54,9 @@ def _patched(src: Path, dst: Path, tensor: str, tail_offset: int, raw: bytes) ->
     return dst
 
 
-@pytest.mark.parametrize("qtype", ["i2_s", "tl1", "tl2", "tq2_0", "i2_s-microsoft-layout"])
+@pytest.mark.parametrize(
+    "qtype", ["i2_s", "tl1", "tl2", "tq2_0", "i2_s-microsoft-layout", "tq2_0-file-type-63013"]
+)
 def test_seeds_run(seeds: dict[str, Path], qtype: str) -> None:
     res = _logits(seeds[qtype])
     assert res.returncode == 0, res.stderr[-2000:]
@@ -83,6 +85,14 @@ def test_lying_tail_is_refused_at_load(seeds, tmp_path: Path, qtype, offset, raw
     assert res.returncode == 1, res.stderr[-2000:]
     assert f"'{tensor}'" in res.stderr and says in res.stderr, res.stderr[-2000:]
     assert "error: cannot load model" in res.stderr  # refused by the loader, not mid-run
+
+
+def test_out_of_range_file_type_is_ignored(seeds: dict[str, Path]) -> None:
+    # The loader once stored 63013 in a llama_ftype (UBSan: "not a valid value for type
+    # 'llama_ftype'"); now it warns and keeps the type guessed from the tensors.
+    res = _logits(seeds["tq2_0-file-type-63013"], "--verbose")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "ignoring out-of-range general.file_type 63013" in res.stderr, res.stderr[-2000:]
 
 
 def test_regression_files_end_cleanly() -> None:

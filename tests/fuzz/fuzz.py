@@ -168,13 +168,15 @@ def build(jobs: int | None = None) -> Path:
 #: shape table), one layer, the smallest vocabulary, Q4_0 embeddings: about 100 KB per file.
 SEED_SHAPE = {"hidden": 256, "ffn": 256, "layers": 1, "heads": 2, "kv_heads": 1, "ctx": 64}
 SEED_TYPES = ("i2_s", "tl1", "tl2", "tq2_0")
+#: A `general.file_type` no llama_ftype can hold (the enum tops out at LLAMA_FTYPE_GUESSED = 1024).
+OUT_OF_RANGE_FILE_TYPE = 63013
 
 
 def make_seeds(out: Path) -> list[Path]:
     """Write the seed corpus into `out` (deterministic bytes); return the files."""
     from bitnet.tools.convert import convert_checkpoint
     from bitnet.tools.dummy import make_dummy
-    from bitnet.tools.gguf import rewrite_arch
+    from bitnet.tools.gguf import GGUFReader, rewrite_arch
     from bitnet.tools.hf_tokenizer import MIN_SPECIALS
 
     out.mkdir(parents=True, exist_ok=True)
@@ -189,6 +191,11 @@ def make_seeds(out: Path) -> list[Path]:
         official = out / "seed-i2_s-microsoft-layout.gguf"
         rewrite_arch(out / "seed-i2_s.gguf", official, "bitnet-25", 137)  # Microsoft's layout
         files.append(official)
+        # A file type past llama_ftype's range: once undefined behaviour in the loader (fuzz find).
+        damaged = out / "seed-tq2_0-file-type-63013.gguf"
+        arch = GGUFReader(out / "seed-tq2_0.gguf").kv["general.architecture"]
+        rewrite_arch(out / "seed-tq2_0.gguf", damaged, arch, OUT_OF_RANGE_FILE_TYPE)
+        files.append(damaged)
     return files
 
 
