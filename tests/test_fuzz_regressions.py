@@ -95,6 +95,36 @@ def test_out_of_range_file_type_is_ignored(seeds: dict[str, Path]) -> None:
     assert "ignoring out-of-range general.file_type 63013" in res.stderr, res.stderr[-2000:]
 
 
+def _with_u32(src: Path, dst: Path, key_suffix: str, value: int) -> Path:
+    """`src` with the uint32 KV whose key ends in `key_suffix` set to `value` (same byte size)."""
+    data = bytearray(src.read_bytes())
+    key = key_suffix.encode()
+    pos = data.index(key) + len(key)  # then: value type (uint32 = 4), value
+    assert struct.unpack_from("<I", data, pos)[0] == 4, key_suffix
+    struct.pack_into("<I", data, pos + 4, value)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        (".rope.dimension_count", 29, "invalid n_rot: 29 is odd"),
+        (".rope.dimension_count", 130, "invalid n_rot: 130 exceeds the head size 128"),
+        (".block_count", 0, "invalid block_count: 0 (must be 1..512)"),
+        (".block_count", 513, "invalid block_count: 513"),
+    ],
+    ids=["odd-n-rot", "n-rot-past-head", "no-layers", "too-many-layers"],
+)
+def test_impossible_hparams_are_refused_at_load(seeds, tmp_path: Path, key, value, says) -> None:
+    # Each once loaded and then hit a GGML_ASSERT (an abort) in the graph or the loader (fuzz
+    # finds; patch 0012): now the load fails with one line naming the value.
+    res = _logits(_with_u32(seeds["i2_s"], tmp_path / "bad.gguf", key, value))
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert says in res.stderr and "error: cannot load model" in res.stderr, res.stderr[-2000:]
+    assert "GGML_ASSERT" not in res.stderr
+
+
 def test_regression_files_end_cleanly() -> None:
     files = sorted(p for p in (FUZZ / "regressions").glob("*") if p.is_file())
     for f in files:
