@@ -10,10 +10,11 @@ import struct
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from native_helpers import binary
 
-from bitnet.tools.gguf import GGUFReader
+from bitnet.tools.gguf import GGUFReader, GGUFWriter
 
 pytestmark = pytest.mark.native
 
@@ -122,6 +123,21 @@ def test_impossible_hparams_are_refused_at_load(seeds, tmp_path: Path, key, valu
     res = _logits(_with_u32(seeds["i2_s"], tmp_path / "bad.gguf", key, value))
     assert res.returncode == 1, res.stderr[-2000:]
     assert says in res.stderr and "error: cannot load model" in res.stderr, res.stderr[-2000:]
+    assert "GGML_ASSERT" not in res.stderr
+
+
+def test_shape_past_int64_behind_a_zero_dimension_is_refused(tmp_path: Path) -> None:
+    # ne = (2^40, 0, 2^40, 1): gguf's element-count check multiplied by the 0 and passed it, then
+    # the GGML_ASSERT that creates the tensor (which skips dimensions of 0 and 1) aborted (fuzz
+    # find; patch 0014). Now gguf refuses the shape with the same test.
+    bad = tmp_path / "bad.gguf"
+    w = GGUFWriter(bad)
+    w.add_kv("general.architecture", "bitnet-b1.58")
+    w.add_tensor("x", (1, 2**40, 0, 2**40), 0)  # numpy order; F32, zero elements, zero bytes
+    w.write(lambda name: np.zeros(0, dtype=np.float32))
+    res = _logits(bad, "--verbose")
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "incorrect shape for a tensor 'x'" in res.stderr, res.stderr[-2000:]
     assert "GGML_ASSERT" not in res.stderr
 
 
