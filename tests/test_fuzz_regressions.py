@@ -141,6 +141,32 @@ def test_shape_past_int64_behind_a_zero_dimension_is_refused(tmp_path: Path) -> 
     assert "GGML_ASSERT" not in res.stderr
 
 
+def test_architecture_not_a_string_is_refused(seeds: dict[str, Path]) -> None:
+    # The loader leaked the metadata context on this error (patch 0015; the fuzz run checks the
+    # leak under LeakSanitizer): here, the product build refuses it with the reason.
+    res = _logits(seeds["arch-not-a-string"], "--verbose")
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "key general.architecture has wrong type i8 but expected type str" in res.stderr
+
+
+def test_wpm_vocabulary_with_a_byte_token_runs(seeds: dict[str, Path], tmp_path: Path) -> None:
+    # tokenizer.ggml.model "bert" (WPM) and token 0 typed BYTE (6): filling the piece cache at load
+    # called token_to_byte, which has no WPM case and aborted (fuzz find; patch 0016).
+    data = bytearray(seeds["i2_s"].read_bytes())
+    key = b"tokenizer.ggml.model"
+    pos = data.index(key) + len(key)  # then: type (string = 8), length, text
+    assert struct.unpack_from("<IQ4s", data, pos) == (8, 4, b"gpt2")
+    data[pos + 12 : pos + 16] = b"bert"
+    key = b"tokenizer.ggml.token_type"
+    pos = data.index(key) + len(key)  # then: type (array = 9), element type (int32 = 5), count
+    assert struct.unpack_from("<II", data, pos) == (9, 5)
+    struct.pack_into("<i", data, pos + 16, 6)
+    bad = tmp_path / "wpm-byte.gguf"
+    bad.write_bytes(bytes(data))
+    res = _logits(bad)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
 def test_regression_files_end_cleanly() -> None:
     files = sorted(p for p in (FUZZ / "regressions").glob("*") if p.is_file())
     for f in files:

@@ -14,7 +14,9 @@ and ccache (when installed) keeps a changed one to the changed files.
 
 The seed corpus is made here from a fixed seed (one tiny `bitnet dummy` checkpoint converted to
 I2_S, TL1, TL2 and TQ2_0, and the I2_S file in Microsoft's published layout: arch `bitnet-25`,
-file type 137, as tests/test_e2e.py checks): the same bytes on every run. Files that once crashed
+file type 137, as tests/test_e2e.py checks; plus files that once crashed or leaked, made the same
+way: an out-of-range file type, an architecture that is not a string): the same bytes on every
+run. Files that once crashed
 the harness live in tests/fuzz/regressions/ (committed); `run` replays them first, then fuzzes
 with seeds + regressions + the working corpus (kept in the cache) and the dictionary gguf.dict.
 Exit code: 0 when nothing was found, libFuzzer's code (non-zero) otherwise, with the crashing
@@ -174,9 +176,10 @@ OUT_OF_RANGE_FILE_TYPE = 63013
 
 def make_seeds(out: Path) -> list[Path]:
     """Write the seed corpus into `out` (deterministic bytes); return the files."""
+    from bitnet.tools.constants import GGUFValueType
     from bitnet.tools.convert import convert_checkpoint
     from bitnet.tools.dummy import make_dummy
-    from bitnet.tools.gguf import GGUFReader, rewrite_arch
+    from bitnet.tools.gguf import GGUFReader, GGUFWriter, rewrite_arch
     from bitnet.tools.hf_tokenizer import MIN_SPECIALS
 
     out.mkdir(parents=True, exist_ok=True)
@@ -196,6 +199,13 @@ def make_seeds(out: Path) -> list[Path]:
         arch = GGUFReader(out / "seed-tq2_0.gguf").kv["general.architecture"]
         rewrite_arch(out / "seed-tq2_0.gguf", damaged, arch, OUT_OF_RANGE_FILE_TYPE)
         files.append(damaged)
+        # general.architecture not a string: the loader threw before owning the metadata's ggml
+        # context, which leaked (a fuzz find, patch 0015); LeakSanitizer checks it every run.
+        not_a_string = out / "seed-arch-not-a-string.gguf"
+        w = GGUFWriter(not_a_string)
+        w.add_kv("general.architecture", 7, GGUFValueType.INT8)
+        w.write(lambda name: b"")
+        files.append(not_a_string)
     return files
 
 
