@@ -96,11 +96,15 @@ def test_out_of_range_file_type_is_ignored(seeds: dict[str, Path]) -> None:
     assert "ignoring out-of-range general.file_type 63013" in res.stderr, res.stderr[-2000:]
 
 
+def _after_key(data: bytearray, key: bytes) -> int:
+    """Offset of the value type that follows the first metadata key ending in `key`."""
+    return data.index(key) + len(key)
+
+
 def _with_u32(src: Path, dst: Path, key_suffix: str, value: int) -> Path:
     """`src` with the uint32 KV whose key ends in `key_suffix` set to `value` (same byte size)."""
     data = bytearray(src.read_bytes())
-    key = key_suffix.encode()
-    pos = data.index(key) + len(key)  # then: value type (uint32 = 4), value
+    pos = _after_key(data, key_suffix.encode())  # then: value type (uint32 = 4), value
     assert struct.unpack_from("<I", data, pos)[0] == 4, key_suffix
     struct.pack_into("<I", data, pos + 4, value)
     dst.write_bytes(bytes(data))
@@ -153,12 +157,11 @@ def test_wpm_vocabulary_with_a_byte_token_runs(seeds: dict[str, Path], tmp_path:
     # tokenizer.ggml.model "bert" (WPM) and token 0 typed BYTE (6): filling the piece cache at load
     # called token_to_byte, which has no WPM case and aborted (fuzz find; patch 0016).
     data = bytearray(seeds["i2_s"].read_bytes())
-    key = b"tokenizer.ggml.model"
-    pos = data.index(key) + len(key)  # then: type (string = 8), length, text
+    pos = _after_key(data, b"tokenizer.ggml.model")  # then: type (string = 8), length, text
     assert struct.unpack_from("<IQ4s", data, pos) == (8, 4, b"gpt2")
     data[pos + 12 : pos + 16] = b"bert"
-    key = b"tokenizer.ggml.token_type"
-    pos = data.index(key) + len(key)  # then: type (array = 9), element type (int32 = 5), count
+    # then: type (array = 9), element type (int32 = 5), count, the values
+    pos = _after_key(data, b"tokenizer.ggml.token_type")
     assert struct.unpack_from("<II", data, pos) == (9, 5)
     struct.pack_into("<i", data, pos + 16, 6)
     bad = tmp_path / "wpm-byte.gguf"

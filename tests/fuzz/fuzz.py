@@ -16,9 +16,9 @@ The seed corpus is made here from a fixed seed (one tiny `bitnet dummy` checkpoi
 I2_S, TL1, TL2 and TQ2_0, and the I2_S file in Microsoft's published layout: arch `bitnet-25`,
 file type 137, as tests/test_e2e.py checks; plus files that once crashed or leaked, made the same
 way: an out-of-range file type, an architecture that is not a string): the same bytes on every
-run. Files that once crashed
-the harness live in tests/fuzz/regressions/ (committed); `run` replays them first, then fuzzes
-with seeds + regressions + the working corpus (kept in the cache) and the dictionary gguf.dict.
+run. Files that once crashed the harness live in tests/fuzz/regressions/ (committed); `run`
+replays them first, then fuzzes with seeds + regressions + the working corpus (kept in the cache)
+and the dictionary gguf.dict.
 Exit code: 0 when nothing was found, libFuzzer's code (non-zero) otherwise, with the crashing
 input written to the cache's artifacts folder and named on stderr.
 """
